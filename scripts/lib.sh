@@ -1,0 +1,19 @@
+# shellcheck shell=bash
+# Shared settings for the repo's scripts. Source it; it defines paths and versions only.
+set -euo pipefail
+
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CACHE_DIR=${SELFHOSTED_LIVEKIT_CACHE:-$REPO_ROOT/.cache}
+VENV_DIR=$REPO_ROOT/.venv
+ARTIFACT_DIR=$CACHE_DIR/artifacts
+# The livekit-server release the tests install (built locally from the Go module proxy).
+LIVEKIT_TEST_VERSION=${LIVEKIT_TEST_VERSION:-1.13.5}
+# Test host images: localhost/selfhosted-livekit-test:<suite>
+TEST_IMAGE_REPO=localhost/selfhosted-livekit-test
+TEST_SUITES=${TEST_SUITES:-"bookworm trixie"}
+# podman on this kind of machine (cgroup v1 hybrid) needs runc and ulimits under the hard limit.
+export CONTAINERS_CONF=$REPO_ROOT/molecule/containers.conf
+export PATH=$VENV_DIR/bin:$PATH
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'ERROR: %s\n' "$*" >&2; exit 1; }

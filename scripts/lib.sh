@@ -3,7 +3,9 @@
 set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-CACHE_DIR=${SELFHOSTED_LIVEKIT_CACHE:-$REPO_ROOT/.cache}
+# Slow things (Go builds, release artifacts, the controller venv) are cached outside the checkout so
+# a fresh clone on the same machine reuses them; podman keeps the test images in its own store.
+CACHE_DIR=${SELFHOSTED_LIVEKIT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/selfhosted.livekit}
 VENV_DIR=$REPO_ROOT/.venv
 ARTIFACT_DIR=$CACHE_DIR/artifacts
 # The livekit-server release the tests install (built locally from the Go module proxy).

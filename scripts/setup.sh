@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Install everything the collection's lab and tests need on a fresh Debian 12 machine (as root):
+# Debian packages, the controller venv, the real livekit-server built from source, and the
+# systemd test host images. Every step is cached and safe to re-run.
+# Usage: scripts/setup.sh [--no-images]
+source "$(dirname "$0")/lib.sh"
+
+apt_packages=(podman runc netavark aardvark-dns slirp4netns uidmap debootstrap git curl ca-certificates
+              openssl python3-venv nftables)
+missing=()
+for pkg in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+done
+if ! command -v go >/dev/null 2>&1; then
+  missing+=(golang-go)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Controller venv, shared by every checkout on this machine and keyed by the pinned requirements.
+req_hash=$(sha256sum "$REPO_ROOT/requirements.txt" | cut -c1-12)
+venv=$CACHE_DIR/venv-$req_hash
+if [ ! -x "$venv/bin/ansible-playbook" ] || [ ! -f "$venv/.complete" ]; then
+  log "creating the controller venv ($venv)"
+  rm -rf "$venv"
+  mkdir -p "$CACHE_DIR"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --upgrade pip
+  "$venv/bin/pip" install -q -r "$REPO_ROOT/requirements.txt"
+  touch "$venv/.complete"
+fi
+ln -sfn "$venv" "$VENV_DIR"
+
+# Make this checkout resolvable as the selfhosted.livekit collection (see ansible.cfg).
+mkdir -p "$REPO_ROOT/.cache/collections/ansible_collections/selfhosted"
+ln -sfn ../../../.. "$REPO_ROOT/.cache/collections/ansible_collections/selfhosted/livekit"
+
+# The real server, built from source and packaged like a release.
+bash "$REPO_ROOT/scripts/build-livekit-artifact.sh" "$LIVEKIT_TEST_VERSION" >/dev/null
+
+if [ "${1:-}" != "--no-images" ]; then
+  for suite in $TEST_SUITES; do
+    bash "$REPO_ROOT/scripts/build-test-image.sh" "$suite"
+  done
+fi
+log "setup complete"

@@ -1,0 +1,123 @@
+"""Fixtures for integration tests against converged test hosts.
+
+The tests run on the controller and talk to the hosts the way users and clients do: over the
+test network (signalling, Twirp API, TURN/TLS, WebRTC media), plus a look inside each host
+through podman for state that has no network face (file modes, Redis persistence).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import urllib.error
+import urllib.request
+
+import jwt  # PyJWT, a dependency of the livekit-api package
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+PARTICIPANT = REPO / "tests" / "participant" / "lk_participant.py"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--hosts-dir", required=True, help="directory of <host>.json written by verify.yml")
+
+
+@dataclass
+class Node:
+    """One converged test host."""
+
+    name: str
+    ip: str
+    suite: str
+    port: int
+    rtc_tcp_port: int
+    prometheus_port: int
+    turn_domain: str
+    turn_tls_port: int
+    ca_cert: str
+
+    @property
+    def http(self) -> str:
+        return f"http://{self.ip}:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://{self.ip}:{self.port}"
+
+    def sh(self, command: str, check: bool = True) -> subprocess.CompletedProcess:
+        """Run a shell command inside the host."""
+        return subprocess.run(
+            ["podman", "exec", self.name, "sh", "-c", command],
+            capture_output=True, text=True, check=check, timeout=120,
+        )
+
+
+def load_nodes(hosts_dir: str) -> list[Node]:
+    nodes = []
+    for path in sorted(pathlib.Path(hosts_dir).glob("*.json")):
+        data = json.loads(path.read_text())
+        for key in ("port", "rtc_tcp_port", "prometheus_port", "turn_tls_port"):
+            data[key] = int(data[key])
+        nodes.append(Node(**data))
+    return nodes
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "node" in metafunc.fixturenames:
+        nodes = load_nodes(metafunc.config.getoption("--hosts-dir"))
+        metafunc.parametrize("node", nodes, ids=[n.name for n in nodes], scope="module")
+
+
+@pytest.fixture(scope="session")
+def api_key() -> str:
+    return os.environ["LKT_API_KEY"]
+
+
+@pytest.fixture(scope="session")
+def api_secret() -> str:
+    return os.environ["LKT_API_SECRET"]
+
+
+def make_token(key: str, secret: str, identity: str = "integration-test", ttl: int = 600, **video) -> str:
+    """An access token as LiveKit's SDKs make them (HS256, iss = API key)."""
+    now = int(time.time())
+    claims = {"iss": key, "sub": identity, "nbf": now - 5, "exp": now + ttl, "video": video}
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def http(url: str, data: bytes | None = None, headers: dict | None = None,
+         timeout: float = 10) -> tuple[int, str]:
+    """(status, body) of an HTTP request; HTTP errors are answers too."""
+    request = urllib.request.Request(url, data=data, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def twirp(node: Node, method: str, body: dict, token: str) -> tuple[int, dict]:
+    """Call RoomService/<method> with a Bearer token; returns (status, decoded JSON body)."""
+    status, text = http(
+        f"{node.http}/twirp/livekit.RoomService/{method}",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    return status, json.loads(text) if text else {}
+
+
+def participant(node: Node, *args: str, key: str, secret: str, timeout: float = 90,
+                extra_env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the real-client test participant (LiveKit's Python real-time SDK) against a node."""
+    env = dict(os.environ, LIVEKIT_API_KEY=key, LIVEKIT_API_SECRET=secret, **(extra_env or {}))
+    return subprocess.run(
+        [sys.executable, str(PARTICIPANT), *args],
+        capture_output=True, text=True, env=env, timeout=timeout, check=False,
+    )

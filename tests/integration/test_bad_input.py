@@ -1,0 +1,91 @@
+"""Bad settings stop site.yml before any host changes, with an error that names the variable."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, Node, load_nodes
+
+SNAPSHOT = (
+    "dpkg-query -W | sha256sum; getent passwd livekit || true; "
+    "ls -d /etc/livekit /opt/livekit /var/lib/livekit /etc/nftables.d /etc/redis 2>&1 || true; "
+    "sha256sum /etc/nftables.conf; ls /etc/sysctl.d /etc/systemd/system; nft list ruleset | sha256sum"
+)
+
+
+def tampered_artifacts(tmp: pathlib.Path) -> str:
+    """A copy of the test release whose checksums.txt does not match the tarball."""
+    src = pathlib.Path(os.environ["LKT_ARTIFACT_DIR"])
+    dst = tmp / "tampered"
+    dst.mkdir()
+    for tarball in src.glob("*.tar.gz"):
+        shutil.copy(tarball, dst / tarball.name)
+        (dst / "checksums.txt").write_text(f"{'0' * 64}  {tarball.name}\n")
+    return str(dst)
+
+
+# (case id, extra vars, text the error must contain)
+CASES = [
+    ("udp-range-reversed", {"livekit_server_rtc_port_range_start": 60000, "livekit_server_rtc_port_range_end": 50000},
+     "livekit_server_rtc_port_range_start"),
+    ("short-api-secret", {"livekit_server_api_keys": {"APIshort": "only-twenty-chars-xx"}}, "livekit_server_api_keys"),
+    ("turn-tls-without-domain", {"livekit_server_turn_domain": ""}, "livekit_server_turn_domain"),
+    ("turn-tls-without-cert", {"livekit_server_tls_source": "files"}, "livekit_server_tls_cert_file"),
+    ("redis-open-without-password", {"redis_bind": ["0.0.0.0"], "redis_password": ""}, "redis_password"),
+    ("remote-redis-without-password",
+     {"livekit_server_redis_address": "10.0.0.5:6379", "livekit_server_redis_password": ""},
+     "livekit_server_redis_password"),
+    ("unknown-version", {"livekit_server_version": "latest"}, "livekit_server_version"),
+    ("tcp-port-collision", {"livekit_server_prometheus_port": 7880}, "livekit_server_prometheus_port"),
+    ("turn-udp-inside-media-range", {"livekit_server_turn_udp_port": 50050}, "livekit_server_turn_udp_port"),
+    ("turn-tls-port-clients-never-use", {"livekit_server_turn_tls_port": 5349}, "livekit_server_turn_tls_port"),
+    ("port-not-a-number", {"livekit_server_port": "seventy"}, "livekit_server_port"),
+    ("unknown-restart-policy", {"livekit_server_restart_policy": "sometimes"}, "livekit_server_restart_policy"),
+    ("artifact-checksum-mismatch", {"livekit_server_local_artifact_dir": "@tampered"}, "Refusing to install it"),
+]
+
+
+@pytest.fixture(scope="module")
+def host() -> Node:
+    nodes = load_nodes(os.environ["LKT_STATE_DIR"] + "/hosts")
+    assert len(nodes) == 1
+    return nodes[0]
+
+
+@pytest.fixture(scope="module")
+def snapshot_before(host: Node) -> str:
+    return host.sh(SNAPSHOT).stdout
+
+
+def run_site(extra: dict, tmp: pathlib.Path) -> subprocess.CompletedProcess:
+    varsfile = tmp / "extra.json"
+    varsfile.write_text(json.dumps(extra))
+    inventory = pathlib.Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "inventory"
+    return subprocess.run(
+        [str(pathlib.Path(sys.executable).with_name("ansible-playbook")), "-i", str(inventory),
+         str(REPO / "playbooks" / "site.yml"), "-e", f"@{varsfile}"],
+        capture_output=True, text=True, timeout=300, check=False, cwd=REPO,
+    )
+
+
+@pytest.mark.parametrize(("extra", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_setting_fails_before_any_change(host: Node, snapshot_before: str, tmp_path: pathlib.Path,
+                                              extra: dict, expected: str) -> None:
+    extra = {k: (tampered_artifacts(tmp_path) if v == "@tampered" else v) for k, v in extra.items()}
+    run = run_site(extra, tmp_path)
+    output = run.stdout + run.stderr
+    assert run.returncode != 0, output[-3000:]
+    assert expected in output, output[-3000:]
+    assert host.sh(SNAPSHOT).stdout == snapshot_before
+
+
+def test_host_is_untouched_after_all_bad_runs(host: Node, snapshot_before: str) -> None:
+    assert host.sh(SNAPSHOT).stdout == snapshot_before
+    assert "No such file" in host.sh("ls -d /etc/livekit 2>&1", check=False).stdout

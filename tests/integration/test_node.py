@@ -1,0 +1,146 @@
+"""A converged node behaves like a working LiveKit deployment, seen from outside and inside."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from conftest import Node, http, make_token, participant, twirp
+
+
+def wait_healthy(node: Node, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if http(f"{node.http}/", timeout=2) == (200, "OK"):
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"{node.name}: livekit-server not healthy within {timeout}s")
+
+
+def tcp_reachable(ip: str, port: int, timeout: float = 3) -> bool:
+    try:
+        with socket.create_connection((ip, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def test_signalling_port_answers_health(node: Node) -> None:
+    assert http(f"{node.http}/") == (200, "OK")
+
+
+def test_server_runs_as_service_user(node: Node) -> None:
+    out = node.sh("ps -o user= -C livekit-server").stdout.split()
+    assert out == ["livekit"]
+    assert node.sh("systemctl is-enabled livekit-server").stdout.strip() == "enabled"
+
+
+def test_api_creates_and_lists_rooms_with_configured_key(node: Node, api_key: str, api_secret: str) -> None:
+    room = f"it-{uuid.uuid4().hex[:8]}"
+    token = make_token(api_key, api_secret, roomCreate=True, roomList=True)
+    status, created = twirp(node, "CreateRoom", {"name": room}, token)
+    assert status == 200, created
+    assert created["name"] == room
+    status, listed = twirp(node, "ListRooms", {}, token)
+    assert status == 200
+    assert room in [r["name"] for r in listed.get("rooms", [])]
+    assert twirp(node, "DeleteRoom", {"room": room}, token)[0] == 200
+
+
+def test_api_rejects_token_signed_with_wrong_secret(node: Node, api_key: str) -> None:
+    token = make_token(api_key, "x" * 48, roomList=True)
+    status, body = twirp(node, "ListRooms", {}, token)
+    assert status == 401, body
+
+
+def test_secrets_are_private_to_the_service_user(node: Node) -> None:
+    for path in ("/etc/livekit/keys.yaml", "/etc/livekit/livekit.yaml", "/etc/livekit/tls/turn.key"):
+        assert node.sh(f"stat -c '%a %U' {path}").stdout.strip() == "600 livekit", path
+    readable = node.sh("find /etc/livekit /etc/redis -type f -perm -o+r ! -name '*.crt'").stdout.split()
+    assert readable == []
+
+
+def test_turn_tls_presents_the_configured_certificate(node: Node) -> None:
+    out = subprocess.run(
+        ["openssl", "s_client", "-connect", f"{node.ip}:{node.turn_tls_port}", "-servername", node.turn_domain,
+         "-CAfile", node.ca_cert, "-verify_hostname", node.turn_domain, "-verify_return_error", "-brief"],
+        input="", capture_output=True, text=True, timeout=15, check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Verification: OK" in out.stderr
+    assert f"CN = {node.turn_domain}" in out.stderr or f"CN={node.turn_domain}" in out.stderr
+
+
+def test_media_flows_between_real_participants(node: Node, api_key: str, api_secret: str) -> None:
+    room = f"media-{uuid.uuid4().hex[:8]}"
+    run = participant(node, "call", "--url", node.ws, "--room", room, "--seconds", "8", key=api_key, secret=api_secret)
+    assert run.returncode == 0, run.stdout + run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["video_frames_received"] > 30, result
+    assert result["audio_frames_received"] > 100, result
+
+
+def test_relay_only_client_gets_media_through_turn_over_tls(node: Node, api_key: str, api_secret: str) -> None:
+    room = f"relay-{uuid.uuid4().hex[:8]}"
+    run = participant(
+        node, "call", "--url", node.ws, "--room", room, "--seconds", "8", "--relay-only",
+        "--ca-file", node.ca_cert, "--resolve", f"{node.turn_domain}:{node.ip}",
+        key=api_key, secret=api_secret,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["video_frames_received"] > 30, result
+    assert result["audio_frames_received"] > 100, result
+
+
+def test_redis_persists_with_rdb_and_aof(node: Node) -> None:
+    def redis(*args: str) -> str:
+        cmd = "REDISCLI_AUTH=$(sed -n 's/^requirepass //p' /etc/redis/redis.conf) redis-cli --no-raw " + " ".join(args)
+        return node.sh(cmd).stdout.strip()
+
+    assert redis("CONFIG GET appendonly").splitlines()[-1].endswith('"yes"')
+    assert redis("CONFIG GET appendfsync").splitlines()[-1].endswith('"everysec"')
+    assert redis("CONFIG GET maxmemory-policy").splitlines()[-1].endswith('"noeviction"')
+    assert redis("CONFIG GET save").splitlines()[-1].endswith('"900 1 300 10 60 10000"')
+
+    value = uuid.uuid4().hex
+    assert redis("SET", "it:persist", value) == "OK"
+    node.sh("systemctl restart redis-server")
+    assert redis("GET", "it:persist") == f'"{value}"'
+    wait_healthy(node)
+
+
+def test_firewall_keeps_redis_and_metrics_private(node: Node) -> None:
+    assert "livekit_filter" in node.sh("nft list tables").stdout
+    # The metrics listener is up inside the host ...
+    metrics = node.sh(f"curl -fsS http://127.0.0.1:{node.prometheus_port}/metrics").stdout
+    assert "livekit_room_total" in metrics
+    # ... but neither it nor Redis can be reached from the network; signalling can.
+    assert not tcp_reachable(node.ip, node.prometheus_port)
+    assert not tcp_reachable(node.ip, 6379)
+    assert tcp_reachable(node.ip, node.port)
+    assert tcp_reachable(node.ip, node.rtc_tcp_port)
+
+
+def test_unit_is_hardened(node: Node) -> None:
+    out = node.sh("systemd-analyze security livekit-server.service --no-pager", check=False).stdout
+    line = [l for l in out.splitlines() if "Overall exposure level" in l][-1]
+    score = float(line.split(":")[1].split()[0])
+    assert score <= 3.0, line
+
+
+def test_systemd_brings_back_a_killed_server(node: Node) -> None:
+    before = node.sh("systemctl show -p MainPID --value livekit-server").stdout.strip()
+    node.sh("kill -9 $(systemctl show -p MainPID --value livekit-server)")
+    time.sleep(1)
+    wait_healthy(node, timeout=30)
+    after = node.sh("systemctl show -p MainPID --value livekit-server").stdout.strip()
+    assert after not in ("0", before)

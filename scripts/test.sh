@@ -9,6 +9,7 @@ stages=("$@")
 [ ${#stages[@]} -gt 0 ] || stages=(lint sanity unit bad_input default)
 
 bash scripts/setup.sh
+bash scripts/cleanup.sh
 
 # Per-run secrets and state: nothing secret lives in the repository.
 LKT_STATE_DIR=$(mktemp -d "${TMPDIR:-/tmp}/lkt-state.XXXXXX")

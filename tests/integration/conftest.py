@@ -110,7 +110,10 @@ def twirp(node: Node, method: str, body: dict, token: str) -> tuple[int, dict]:
         data=json.dumps(body).encode(),
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
     )
-    return status, json.loads(text) if text else {}
+    try:
+        return status, json.loads(text) if text else {}
+    except ValueError:  # errors from the auth middleware are plain text
+        return status, {"text": text}
 
 
 def participant(node: Node, *args: str, key: str, secret: str, timeout: float = 90,

@@ -1,0 +1,161 @@
+#!/usr/bin/python
+# Copyright: selfhosted.livekit contributors
+# Apache License 2.0 (see LICENSE)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: livekit_node_info
+short_description: Read how busy a livekit-server node is
+version_added: 0.1.0
+description:
+  - Asks a livekit-server on the managed host whether it is healthy and how many rooms and
+    participants it has, through the server API (Twirp C(RoomService/ListRooms)) signed with a key
+    from the node's key file.
+  - A server that is not running is reported as such (O(url) refused), not as an error; a key the
+    server rejects, or an unreadable key file, is an error, because it is a misconfiguration.
+  - Restart decisions use it - restart an idle node now, defer while calls are live.
+author: selfhosted.livekit maintainers
+extends_documentation_fragment:
+  - selfhosted.livekit.livekit_api
+options:
+  binary:
+    description:
+      - Path of the livekit-server binary on the host; when given, its version is returned.
+    type: path
+attributes:
+  check_mode:
+    support: full
+    details: Read-only; runs the same in check mode.
+  diff_mode:
+    support: none
+notes:
+  - Counts cover the rooms the API lists. With Redis shared by several nodes, that is the whole
+    cluster's rooms, not this node's.
+"""
+
+EXAMPLES = r"""
+- name: Read the load of the local node
+  selfhosted.livekit.livekit_node_info:
+  register: node
+
+- name: Restart only when nobody is connected
+  ansible.builtin.systemd_service:
+    name: livekit-server
+    state: restarted
+  when: node.idle
+
+- name: Use an explicit key (for example from a vault) and report the binary version
+  selfhosted.livekit.livekit_node_info:
+    url: http://127.0.0.1:7880
+    api_key: "{{ vault_livekit_api_key }}"
+    api_secret: "{{ vault_livekit_api_secret }}"
+    binary: /opt/livekit/current/livekit-server
+"""
+
+RETURN = r"""
+running:
+  description: Whether the server answered on O(url).
+  returned: always
+  type: bool
+  sample: true
+healthy:
+  description: Whether C(GET /) answered C(OK) (node statistics are fresh).
+  returned: always
+  type: bool
+  sample: true
+health_status:
+  description: HTTP status of C(GET /), or null when the server did not answer.
+  returned: always
+  type: int
+  sample: 200
+rooms:
+  description: Number of rooms.
+  returned: always
+  type: int
+  sample: 2
+participants:
+  description: Participants in all rooms.
+  returned: always
+  type: int
+  sample: 5
+room_list:
+  description: Each room with its participant and publisher counts.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"name": "standup", "num_participants": 3, "num_publishers": 2}]
+idle:
+  description: True when no participant is connected (or the server is not running).
+  returned: always
+  type: bool
+  sample: false
+version:
+  description: Version reported by O(binary), or null.
+  returned: always
+  type: str
+  sample: 1.13.5
+"""
+
+import re
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_api import (
+    LiveKitAPIError,
+    LiveKitUnavailable,
+    api_argument_spec,
+    client_from_params,
+)
+
+
+def binary_version(module, binary):
+    rc, out, err = module.run_command([binary, "--version"])
+    match = re.search(r"version (\S+)", out)
+    if rc != 0 or not match:
+        module.fail_json(msg="%s --version did not report a version: %s" % (binary, (out + err).strip()[:200]))
+    return match.group(1)
+
+
+def main():
+    argument_spec = api_argument_spec()
+    argument_spec.update(binary=dict(type="path"))
+    module = AnsibleModule(
+        argument_spec=argument_spec,
+        required_together=[("api_key", "api_secret")],
+        supports_check_mode=True,
+    )
+    result = dict(changed=False, running=False, healthy=False, health_status=None, rooms=0,
+                  participants=0, room_list=[], idle=True, version=None)
+    if module.params["binary"]:
+        result["version"] = binary_version(module, module.params["binary"])
+
+    try:
+        client = client_from_params(module.params)
+    except (OSError, ValueError) as err:
+        module.fail_json(msg="cannot read API credentials: %s" % err, **result)
+
+    try:
+        result["healthy"], result["health_status"], _text = client.health()
+        result["running"] = True
+        rooms = client.list_rooms()
+    except LiveKitUnavailable as err:
+        if result["running"]:
+            module.fail_json(msg="server stopped answering: %s" % err, **result)
+        module.exit_json(**result)
+    except LiveKitAPIError as err:
+        module.fail_json(msg="the server rejected the API call (%s); check that the key is one it loaded" % err,
+                         **result)
+
+    result["room_list"] = [
+        dict(name=room.get("name"), num_participants=int(room.get("num_participants", 0)),
+             num_publishers=int(room.get("num_publishers", 0)))
+        for room in rooms
+    ]
+    result["rooms"] = len(rooms)
+    result["participants"] = sum(room["num_participants"] for room in result["room_list"])
+    result["idle"] = result["participants"] == 0
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -35,6 +35,16 @@ if [ ! -x "$venv/bin/ansible-playbook" ] || [ ! -f "$venv/.complete" ]; then
 fi
 ln -sfn "$venv" "$VENV_DIR"
 
+# ansible-test gives each sanity test a venv and bootstraps pip into it with a script it downloads
+# from a host we cannot reach; give it a stand-in at the path where it caches that download.
+pip_version=$("$venv/bin/python" -c 'from ansible_test._internal.python_requirements import get_venv_packages as g
+class P: version = "3.11"
+print(g(P)["pip"])')
+mkdir -p "$HOME/.ansible/test/cache"
+cp "$REPO_ROOT/scripts/ansible-test-get-pip.py" "$HOME/.ansible/test/cache/get_pip_${pip_version//./_}.py"
+{ [ -n "${PIP_CERT:-}" ] && echo "--cert $PIP_CERT"; [ -n "${PIP_INDEX_URL:-}" ] && echo "--index-url $PIP_INDEX_URL"; true; } \
+  >"$HOME/.ansible/test/cache/pip-settings.txt"
+
 # Make this checkout resolvable as the selfhosted.livekit collection (see ansible.cfg).
 mkdir -p "$REPO_ROOT/.cache/collections/ansible_collections/selfhosted"
 ln -sfn ../../../.. "$REPO_ROOT/.cache/collections/ansible_collections/selfhosted/livekit"

@@ -50,13 +50,17 @@ stage_lint() {
 }
 
 stage_sanity() {
-  # ansible-test wants the collection at ansible_collections/<ns>/<name>: copy the tracked tree there.
-  local tree=$REPO_ROOT/.cache/sanity/ansible_collections/selfhosted/livekit
-  rm -rf "$REPO_ROOT/.cache/sanity"
+  # ansible-test wants the collection at ansible_collections/<ns>/<name>, outside any git checkout
+  # that would hide it: copy the tracked tree there.
+  local root tree
+  root=$(mktemp -d "${TMPDIR:-/tmp}/lkt-sanity.XXXXXX")
+  tree=$root/ansible_collections/selfhosted/livekit
   mkdir -p "$tree"
   git ls-files -co --exclude-standard -z | xargs -0 cp --parents -t "$tree"
-  (cd "$tree" && ansible-test sanity --python 3.11 --color no \
-     --skip-test pylint --skip-test mypy)
+  (cd "$tree" && ansible-test sanity --color no --local --python 3.11)
+  local rc=$?
+  rm -rf "$root"
+  return $rc
 }
 
 stage_unit() {

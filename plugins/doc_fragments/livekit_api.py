@@ -1,5 +1,5 @@
 # Copyright: selfhosted.livekit contributors
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 
 
 class ModuleDocFragment:
@@ -14,7 +14,7 @@ options:
     default: http://127.0.0.1:7880
   key_file:
     description:
-      - LiveKit key file on the managed host (C(name: secret) per line) to sign API calls with.
+      - "LiveKit key file on the managed host (one C(name: secret) per line) to sign API calls with."
       - Ignored when O(api_key) and O(api_secret) are given.
     type: path
     default: /etc/livekit/keys.yaml

@@ -1,9 +1,8 @@
 # Copyright: selfhosted.livekit contributors
-# Apache License 2.0 (see LICENSE)
-"""A small LiveKit server API client, standard library only.
-
-Hosts need nothing beyond Python: access tokens are HS256 JWTs and the server API is Twirp
-(JSON over HTTP POST). The modules that inspect, restart or rotate keys on a node share this
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A small LiveKit server API client that needs nothing on the host beyond Ansible's own module
+utilities: access tokens are HS256 JWTs made with the standard library, and the server API is
+Twirp (JSON over HTTP POST). The modules that inspect, restart or rotate keys on a node share this
 client; secrets never appear in the messages of the exceptions it raises.
 """
 
@@ -16,7 +15,8 @@ import json
 import re
 import time
 import urllib.error
-import urllib.request
+
+from ansible.module_utils.urls import open_url
 
 KEY_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -88,9 +88,9 @@ class LiveKitClient:
         self.timeout = timeout
 
     def _request(self, path, data=None, headers=None):
-        request = urllib.request.Request(self.url + path, data=data, headers=headers or {})
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with open_url(self.url + path, data=data, headers=headers or {}, method="POST" if data else "GET",
+                          timeout=self.timeout, follow_redirects="none") as response:
                 return response.status, response.read().decode("utf-8", "replace")
         except urllib.error.HTTPError as err:
             return err.code, err.read().decode("utf-8", "replace")

@@ -1,6 +1,6 @@
 #!/usr/bin/python
 # Copyright: selfhosted.livekit contributors
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ description:
   - A server that is not running is reported as such (O(url) refused), not as an error; a key the
     server rejects, or an unreadable key file, is an error, because it is a misconfiguration.
   - Restart decisions use it - restart an idle node now, defer while calls are live.
-author: selfhosted.livekit maintainers
+author: selfhosted.livekit maintainers (@selfhosted-livekit)
 extends_documentation_fragment:
   - selfhosted.livekit.livekit_api
 options:
@@ -25,9 +25,11 @@ options:
     type: path
 attributes:
   check_mode:
+    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
     details: Read-only; runs the same in check mode.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
     support: none
 notes:
   - Counts cover the rooms the API lists. With Redis shared by several nodes, that is the whole

@@ -76,8 +76,9 @@ def run_site(extra: dict, tmp: pathlib.Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize(("extra", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_setting_fails_before_any_change(host: Node, snapshot_before: str, tmp_path: pathlib.Path,
-                                              extra: dict, expected: str) -> None:
+def test_bad_setting_fails_before_any_change(
+    host: Node, snapshot_before: str, tmp_path: pathlib.Path, extra: dict, expected: str
+) -> None:
     extra = {k: (tampered_artifacts(tmp_path) if v == "@tampered" else v) for k, v in extra.items()}
     run = run_site(extra, tmp_path)
     output = run.stdout + run.stderr

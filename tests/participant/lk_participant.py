@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """A real LiveKit participant for tests, built on LiveKit's Python real-time SDK.
 
 The SDK's wheel carries LiveKit's native client (libwebrtc), so what this tool does is what an

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Time a fresh converge of playbooks/site.yml on a new Debian 12 test host (release artifact
+# already in the controller cache) and a no-op re-converge of the same host. Prints the median
+# of RUNS runs of each and the changed count, as a Markdown table for docs/benchmarks.md.
+# Usage: bench/converge.sh [RUNS]   (default 3; each fresh run starts a new container)
+source "$(dirname "$0")/../scripts/lib.sh"
+cd "$REPO_ROOT"
+runs=${1:-3}
+name=lkt-bench
+TEST_SUITES=bookworm bash scripts/setup.sh >/dev/null
+
+state=$(mktemp -d)
+trap 'podman rm -f -t 0 $name >/dev/null 2>&1; podman network rm -f $name >/dev/null 2>&1; rm -rf "$state"' EXIT
+mkdir -p "$state/inventory/group_vars"
+cp -r molecule/shared/group_vars/all "$state/inventory/group_vars/all"
+cat >"$state/inventory/hosts.yml" <<YAML
+all:
+  children:
+    livekit: {hosts: {$name: {ansible_connection: containers.podman.podman}}}
+    redis: {hosts: {$name: {}}}
+YAML
+export LKT_STATE_DIR=$state LKT_LIVEKIT_VERSION=$LIVEKIT_TEST_VERSION LKT_ARTIFACT_DIR=$ARTIFACT_DIR/$LIVEKIT_TEST_VERSION
+export LKT_API_KEY=APIbench LKT_API_SECRET=$(openssl rand -hex 24) LKT_REDIS_PASSWORD=$(openssl rand -hex 16)
+export ANSIBLE_COLLECTIONS_PATH=$REPO_ROOT/.cache/collections ANSIBLE_PIPELINING=true
+
+converge() {  # prints "seconds changed"
+  local start end out
+  start=$(date +%s.%N)
+  out=$(ansible-playbook -i "$state/inventory" playbooks/site.yml 2>&1) || { echo "$out" | tail -30 >&2; die "converge failed"; }
+  end=$(date +%s.%N)
+  awk -v a="$start" -v b="$end" -v c="$(echo "$out" | sed -n "s/^$name .*changed=\([0-9]*\).*/\1/p")" \
+    'BEGIN { printf "%.2f %s\n", b - a, c }'
+}
+
+median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+
+fresh=() noop=() fresh_changed=() noop_changed=()
+for i in $(seq "$runs"); do
+  podman rm -f -t 0 $name >/dev/null 2>&1 || true
+  podman network exists $name || podman network create $name >/dev/null
+  podman run -d --name $name --hostname $name --network $name --privileged --systemd=always \
+    "$TEST_IMAGE_REPO:bookworm" /sbin/init >/dev/null
+  podman exec $name systemctl is-system-running --wait >/dev/null 2>&1 || true
+  read -r secs changed < <(converge); fresh+=("$secs"); fresh_changed+=("$changed")
+  read -r secs changed < <(converge); noop+=("$secs"); noop_changed+=("$changed")
+  log "run $i: fresh ${fresh[-1]} s (changed=${fresh_changed[-1]}), no-op ${noop[-1]} s (changed=${noop_changed[-1]})"
+done
+
+echo
+echo "| converge (Debian 12 test host, $runs runs) | median s | runs (s) | changed |"
+echo "|---|---|---|---|"
+printf '| fresh, warm artifact cache | %.1f | %s | %s |\n' "$(printf '%s\n' "${fresh[@]}" | median)" \
+  "$(printf '%.1f ' "${fresh[@]}")" "$(printf '%s ' "${fresh_changed[@]}")"
+printf '| no-op re-converge | %.1f | %s | %s |\n' "$(printf '%s\n' "${noop[@]}" | median)" \
+  "$(printf '%.1f ' "${noop[@]}")" "$(printf '%s ' "${noop_changed[@]}")"

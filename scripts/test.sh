@@ -14,7 +14,6 @@ bash scripts/cleanup.sh
 # Per-run secrets and state: nothing secret lives in the repository.
 LKT_STATE_DIR=$(mktemp -d "${TMPDIR:-/tmp}/lkt-state.XXXXXX")
 chmod 700 "$LKT_STATE_DIR"
-mkdir -p "$LKT_STATE_DIR/hosts"
 export LKT_STATE_DIR
 export LKT_LIVEKIT_VERSION=$LIVEKIT_TEST_VERSION
 export LKT_ARTIFACT_DIR=$ARTIFACT_DIR/$LIVEKIT_TEST_VERSION
@@ -77,7 +76,7 @@ for stage in "${stages[@]}"; do
     lint) run_stage lint stage_lint ;;
     sanity) run_stage sanity stage_sanity ;;
     unit) run_stage unit stage_unit ;;
-    bad_input|default) run_stage "molecule:$stage" env LKT_TESTS="$([ "$stage" = bad_input ] && echo test_bad_input.py || echo test_node.py)" bash -c "$(declare -f stage_molecule); stage_molecule $stage" ;;
+    bad_input|default) run_stage "molecule:$stage" env LKT_TESTS="$([ "$stage" = bad_input ] && echo test_bad_input.py || echo test_node.py test_restart_deferral.py)" bash -c "$(declare -f stage_molecule); stage_molecule $stage" ;;
     *) die "unknown stage $stage (lint sanity unit bad_input default)" ;;
   esac
 done

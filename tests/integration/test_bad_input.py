@@ -54,7 +54,7 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def host() -> Node:
-    nodes = load_nodes(os.environ["LKT_STATE_DIR"] + "/hosts")
+    nodes = load_nodes(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"] + "/hosts")
     assert len(nodes) == 1
     return nodes[0]
 

@@ -21,6 +21,7 @@ import datetime
 import json
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -173,8 +174,11 @@ async def cmd_stay(args: argparse.Namespace) -> int:
     room = rtc.Room()
 
     def on_disconnected(reason) -> None:
-        state.update(disconnected=True, reason=rtc.DisconnectReason.Name(reason))
-        emit(event="disconnected", reason=state["reason"], t=time.time())
+        name = rtc.DisconnectReason.Name(reason)
+        if name == "CLIENT_INITIATED":  # our own hang-up below
+            return
+        state.update(disconnected=True, reason=name)
+        emit(event="disconnected", reason=name, t=time.time())
         stop.set()
 
     room.on("track_subscribed", lambda track, *_: counter.watch(track))
@@ -182,6 +186,7 @@ async def cmd_stay(args: argparse.Namespace) -> int:
     room.on("reconnecting", lambda: emit(event="reconnecting", t=time.time()))
     room.on("reconnected", lambda: emit(event="reconnected", t=time.time()))
     await room.connect(args.url, make_token(args, args.identity), options=room_options(args))
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)  # hang up cleanly
     joined = time.monotonic()
     emit(event="connected", identity=args.identity, room=args.room, t=time.time())
     tasks = [asyncio.create_task(publish_media(room, stop))] if args.publish else []

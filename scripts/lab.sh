@@ -76,6 +76,8 @@ case ${1:-up} in
       podman run -d --name "$name" --hostname "$name" --network "$name" --privileged --systemd=always \
         "$TEST_IMAGE_REPO:bookworm" /sbin/init >/dev/null
     fi
+    # A container left created or stopped (an earlier failed start, a reboot) is started again.
+    [ "$(podman inspect -f '{{.State.Running}}' "$name")" = true ] || podman start "$name" >/dev/null
     podman exec "$name" systemctl is-system-running --wait >/dev/null || true
     write_inventory
     log "converging $name with playbooks/site.yml"

@@ -10,6 +10,8 @@ VENV_DIR=$REPO_ROOT/.venv
 ARTIFACT_DIR=$CACHE_DIR/artifacts
 # The livekit-server release the tests install (built locally from the Go module proxy).
 LIVEKIT_TEST_VERSION=${LIVEKIT_TEST_VERSION:-1.13.5}
+# The release upgrade tests start from (an older patch that still builds from the module proxy).
+LIVEKIT_UPGRADE_FROM_VERSION=${LIVEKIT_UPGRADE_FROM_VERSION:-1.13.4}
 # Test host images: localhost/selfhosted-livekit-test:<suite>
 TEST_IMAGE_REPO=localhost/selfhosted-livekit-test
 TEST_SUITES=${TEST_SUITES:-"bookworm trixie"}

@@ -5,7 +5,7 @@
 # Usage: scripts/setup.sh [--no-images]
 source "$(dirname "$0")/lib.sh"
 
-apt_packages=(podman runc netavark aardvark-dns slirp4netns uidmap debootstrap git curl ca-certificates
+apt_packages=(podman runc netavark iptables aardvark-dns slirp4netns uidmap debootstrap git curl ca-certificates
               openssl python3-venv nftables)
 missing=()
 for pkg in "${apt_packages[@]}"; do
@@ -50,7 +50,9 @@ mkdir -p "$REPO_ROOT/.cache/collections/ansible_collections/selfhosted"
 ln -sfn ../../../.. "$REPO_ROOT/.cache/collections/ansible_collections/selfhosted/livekit"
 
 # The real server, built from source and packaged like a release.
-bash "$REPO_ROOT/scripts/build-livekit-artifact.sh" "$LIVEKIT_TEST_VERSION" >/dev/null
+for version in "$LIVEKIT_TEST_VERSION" "$LIVEKIT_UPGRADE_FROM_VERSION"; do
+  bash "$REPO_ROOT/scripts/build-livekit-artifact.sh" "$version" >/dev/null
+done
 
 if [ "${1:-}" != "--no-images" ]; then
   for suite in $TEST_SUITES; do

@@ -23,6 +23,12 @@ options:
     description:
       - Path of the livekit-server binary on the host; when given, its version is returned.
     type: path
+  config:
+    description:
+      - Path of livekit.yaml. With O(binary) and a Redis-backed configuration, the cluster's node
+        table (C(livekit-server list-nodes)) is returned in RV(cluster_nodes), with each node's
+        state (C(SERVING) or C(SHUTTING_DOWN)).
+    type: path
 attributes:
   check_mode:
     description: Can run in check mode and return changed status prediction without modifying target.
@@ -92,6 +98,12 @@ idle:
   returned: always
   type: bool
   sample: false
+cluster_nodes:
+  description: The nodes registered in Redis, when O(binary) and O(config) are given.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"id": "ND_ePSNHNKpZkkK", "ip": "10.0.0.5", "region": "", "rooms": 1, "clients": 3, "state": "SERVING"}]
 version:
   description: Version reported by O(binary), or null.
   returned: always
@@ -108,6 +120,7 @@ from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_api imp
     api_argument_spec,
     client_from_params,
 )
+from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_node import parse_list_nodes
 
 
 def binary_version(module, binary):
@@ -120,16 +133,22 @@ def binary_version(module, binary):
 
 def main():
     argument_spec = api_argument_spec()
-    argument_spec.update(binary=dict(type="path"))
+    argument_spec.update(binary=dict(type="path"), config=dict(type="path"))
     module = AnsibleModule(
         argument_spec=argument_spec,
         required_together=[("api_key", "api_secret")],
         supports_check_mode=True,
     )
     result = dict(changed=False, running=False, healthy=False, health_status=None, rooms=0,
-                  participants=0, room_list=[], idle=True, version=None)
+                  participants=0, room_list=[], idle=True, version=None, cluster_nodes=[])
     if module.params["binary"]:
         result["version"] = binary_version(module, module.params["binary"])
+        if module.params["config"]:
+            rc, out, err = module.run_command([module.params["binary"], "list-nodes", "--config",
+                                               module.params["config"]])
+            if rc != 0:
+                module.fail_json(msg="list-nodes failed: %s" % (err or out).strip()[-300:], **result)
+            result["cluster_nodes"] = parse_list_nodes(out + "\n" + err)
 
     try:
         client = client_from_params(module.params)

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite: lint, sanity, unit tests, then molecule scenarios on real test hosts,
 # cheapest first so the quick failures show up early. Installs what it needs (scripts/setup.sh).
-# Usage: scripts/test.sh [stage...]   stages: lint sanity unit bad_input default  (default: all)
+# Usage: scripts/test.sh [stage...]   stages: lint sanity unit bad_input default cluster  (default: all)
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(lint sanity unit bad_input default)
+[ ${#stages[@]} -gt 0 ] || stages=(lint sanity unit bad_input default cluster)
 
 bash scripts/setup.sh
 bash scripts/cleanup.sh
@@ -17,6 +17,9 @@ chmod 700 "$LKT_STATE_DIR"
 export LKT_STATE_DIR
 export LKT_LIVEKIT_VERSION=$LIVEKIT_TEST_VERSION
 export LKT_ARTIFACT_DIR=$ARTIFACT_DIR/$LIVEKIT_TEST_VERSION
+export LKT_UPGRADE_FROM_VERSION=$LIVEKIT_UPGRADE_FROM_VERSION
+export LKT_UPGRADE_FROM_ARTIFACT_DIR=$ARTIFACT_DIR/$LIVEKIT_UPGRADE_FROM_VERSION
+export LKT_UPGRADE_TO_VERSION=$LIVEKIT_TEST_VERSION LKT_UPGRADE_TO_ARTIFACT_DIR=$LKT_ARTIFACT_DIR
 export LKT_API_KEY="APItest$(openssl rand -hex 4)"
 LKT_API_SECRET=$(openssl rand -hex 24)
 LKT_REDIS_PASSWORD=$(openssl rand -hex 16)
@@ -76,8 +79,14 @@ for stage in "${stages[@]}"; do
     lint) run_stage lint stage_lint ;;
     sanity) run_stage sanity stage_sanity ;;
     unit) run_stage unit stage_unit ;;
-    bad_input|default) run_stage "molecule:$stage" env LKT_TESTS="$([ "$stage" = bad_input ] && echo test_bad_input.py || echo test_node.py test_restart_deferral.py)" bash -c "$(declare -f stage_molecule); stage_molecule $stage" ;;
-    *) die "unknown stage $stage (lint sanity unit bad_input default)" ;;
+    bad_input|default|cluster)
+      case $stage in
+        bad_input) tests=test_bad_input.py ;;
+        default) tests="test_node.py test_restart_deferral.py" ;;
+        cluster) tests=test_upgrade.py ;;
+      esac
+      run_stage "molecule:$stage" env LKT_TESTS="$tests" bash -c "$(declare -f stage_molecule); stage_molecule $stage" ;;
+    *) die "unknown stage $stage (lint sanity unit bad_input default cluster)" ;;
   esac
 done
 

@@ -213,11 +213,11 @@ class DrainRestart:
 
         stop_budget = unit.get("TimeoutStopSec")
         if stop_budget is not None and drain_timeout + self.STOP_MARGIN > stop_budget:
+            fits = max(0, stop_budget - self.STOP_MARGIN)
             raise RestartError(
                 "drain_timeout=%ds does not fit in the unit's TimeoutStopSec=%ds, after which systemd would "
                 "SIGKILL the draining server: lower drain_timeout to at most %ds, or raise the unit's drain "
-                "budget (livekit_server_drain_budget)" % (drain_timeout, stop_budget,
-                                                           max(0, stop_budget - self.STOP_MARGIN)), result)
+                "budget (livekit_server_drain_budget)" % (drain_timeout, stop_budget, fits), result)
 
         load = self.load() or {"rooms": 0, "participants": 0}
         joined = active == "deactivating"
@@ -240,8 +240,11 @@ class DrainRestart:
                         "%d participant(s) still connected after waiting %ds for at most %d; nothing was "
                         "signalled" % (load["participants"], quiet_timeout, quiet_threshold), result)
 
-        result.update(changed=True, action="joined_drain" if joined else ("drained" if state == "stopped" else
-                                                                            "restarted"),
+        if joined:
+            action = "joined_drain"
+        else:
+            action = "drained" if state == "stopped" else "restarted"
+        result.update(changed=True, action=action,
                       rooms_at_drain=load["rooms"], participants_at_drain=load["participants"])
         if check_mode:
             return result
@@ -280,7 +283,7 @@ class DrainRestart:
                                    result)
         exited_at = self.wall()
         if state == "stopped":
-            ok, _ = self._wait(lambda: self.systemd.show()["ActiveState"] in ("inactive", "failed"), 30)
+            self._wait(lambda: self.systemd.show()["ActiveState"] in ("inactive", "failed"), 30)
             self._event("stopped", dict(pid=old_pid, forced=result["forced_participants"]))
             return result
         return self._await_start(result, old_pid, start_timeout, expected_version, drain_began, exited_at)
@@ -298,7 +301,7 @@ class DrainRestart:
                 return False
             pid = status["MainPID"]
             return status["ActiveState"] == "active" and pid not in (0, old_pid) and self.health()
-        ok, _ = self._wait(serving, start_timeout)
+        ok = self._wait(serving, start_timeout)[0]
         healthy_at = self.wall()
         result["new_pid"] = status.get("MainPID") or None
         result["restart_seconds"] = round(healthy_at - exited, 1)

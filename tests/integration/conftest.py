@@ -124,3 +124,18 @@ def participant(node: Node, *args: str, key: str, secret: str, timeout: float = 
         [sys.executable, str(PARTICIPANT), *args],
         capture_output=True, text=True, env=env, timeout=timeout, check=False,
     )
+
+
+def playbook_command(playbook: str, *args: str) -> list[str]:
+    """ansible-playbook with one of the collection's playbooks and the scenario's inventory."""
+    inventory = pathlib.Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "inventory"
+    return [str(pathlib.Path(sys.executable).with_name("ansible-playbook")), "-i", str(inventory),
+            str(REPO / "playbooks" / playbook), *args]
+
+
+def run_playbook(playbook: str, *args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run one of the collection's playbooks as a user would; stdout and stderr are captured."""
+    return subprocess.run(
+        playbook_command(playbook, *args), capture_output=True, text=True, timeout=timeout, check=False,
+        cwd=REPO, env=dict(os.environ, **(env or {})),
+    )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import subprocess
 import sys
 import time
@@ -12,16 +11,11 @@ import uuid
 
 import pytest
 
-from conftest import PARTICIPANT, REPO, Node, make_token, twirp
+from conftest import PARTICIPANT, Node, make_token, run_playbook, twirp
 
 
 def site(node: Node, *extra: str) -> subprocess.CompletedProcess:
-    inventory = pathlib.Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "inventory"
-    return subprocess.run(
-        [str(pathlib.Path(sys.executable).with_name("ansible-playbook")), "-i", str(inventory),
-         str(REPO / "playbooks" / "site.yml"), "--limit", node.name, *extra],
-        capture_output=True, text=True, timeout=600, check=False, cwd=REPO,
-    )
+    return run_playbook("site.yml", "--limit", node.name, *extra, timeout=600)
 
 
 def main_pid(node: Node) -> str:

@@ -1,0 +1,253 @@
+"""Rolling upgrade and rollback on a real two-node cluster (one Redis host) with real participants.
+
+The scenario converged both nodes on the older release (LKT_UPGRADE_FROM_VERSION); these tests
+run upgrade.yml and rollback.yml exactly as an operator would, while real clients built on
+LiveKit's SDK publish and subscribe in rooms hosted on each node. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from conftest import PARTICIPANT, REPO, Node, load_nodes, make_token, playbook_command, run_playbook, twirp
+
+sys.path.insert(0, str(REPO / ".cache" / "collections"))
+from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_node import parse_list_nodes  # noqa: E402
+
+OLD = os.environ["LKT_UPGRADE_FROM_VERSION"]
+NEW = os.environ["LKT_UPGRADE_TO_VERSION"]
+# upgrade.yml and rollback.yml read the target release from the inventory, which reads these.
+TARGET_ENV = {"LKT_LIVEKIT_VERSION": NEW, "LKT_ARTIFACT_DIR": os.environ["LKT_UPGRADE_TO_ARTIFACT_DIR"]}
+
+
+@pytest.fixture(scope="module")
+def cluster(request) -> dict[str, Node]:
+    nodes = {n.name: n for n in load_nodes(request.config.getoption("--hosts-dir"))}
+    return {"a": nodes["lkt-node-a"], "b": nodes["lkt-node-b"], "redis": nodes["lkt-redis"]}
+
+
+def wait_until(predicate, timeout: float, step: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    return None
+
+
+def unit_state(node: Node) -> str:
+    return node.sh("systemctl show -p ActiveState --value livekit-server").stdout.strip()
+
+
+def running_version(node: Node) -> str:
+    out = node.sh("/proc/$(systemctl show -p MainPID --value livekit-server)/exe --version", check=False).stdout
+    return out.strip().rsplit(" ", 1)[-1]
+
+
+def record(node: Node) -> dict:
+    return json.loads(node.sh("cat /var/lib/livekit-deploy/deployment.json").stdout)
+
+
+def audit(node: Node) -> list[dict]:
+    return [json.loads(line) for line in node.sh("cat /var/lib/livekit-deploy/audit.jsonl").stdout.splitlines()]
+
+
+def cluster_nodes(node: Node) -> list[dict]:
+    out = node.sh("/opt/livekit/current/livekit-server list-nodes --config /etc/livekit/livekit.yaml 2>/dev/null").stdout
+    return parse_list_nodes(out)
+
+
+def node_state(node: Node) -> str | None:
+    return next((n["state"] for n in cluster_nodes(node) if n["ip"] == node.ip), None)
+
+
+def room_host(cluster: dict, room: str) -> str | None:
+    """Name of the node LiveKit placed a room on (Redis room_node_map, node ids from list-nodes)."""
+    node_id = subprocess.run(
+        ["podman", "exec", "-e", "REDISCLI_AUTH", cluster["redis"].name, "redis-cli", "HGET", "room_node_map", room],
+        capture_output=True, text=True, timeout=30, check=True,
+        env=dict(os.environ, REDISCLI_AUTH=os.environ["LKT_REDIS_PASSWORD"]),
+    ).stdout.strip()
+    ips = {n["id"]: n["ip"] for n in cluster_nodes(cluster["a"])}
+    return next((n.name for n in (cluster["a"], cluster["b"]) if ips.get(node_id) == n.ip), None)
+
+
+def create_room(node: Node, room: str, key: str, secret: str) -> None:
+    status, body = twirp(node, "CreateRoom", {"name": room, "empty_timeout": 600}, make_token(key, secret, roomCreate=True))
+    assert status == 200, body
+
+
+def place_room(cluster: dict, target: Node, prefix: str, key: str, secret: str) -> str:
+    """A room hosted on `target` (LiveKit picks the node; retry names until it picks this one)."""
+    tries = 0
+    while tries < 30:
+        tries += 1
+        room = f"{prefix}-{uuid.uuid4().hex[:6]}"
+        create_room(target, room, key, secret)
+        if room_host(cluster, room) == target.name:
+            return room
+        twirp(target, "DeleteRoom", {"room": room}, make_token(key, secret, roomCreate=True))
+    pytest.fail(f"LiveKit never placed a room on {target.name} in {tries} tries")
+
+
+class Participant:
+    """A real client that joins, optionally publishes, and stays until told to hang up (<= 400 s)."""
+
+    def __init__(self, node: Node, room: str, identity: str, key: str, secret: str, publish: bool = False):
+        env = dict(os.environ, LIVEKIT_API_KEY=key, LIVEKIT_API_SECRET=secret)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(PARTICIPANT), "--url", node.ws, "--room", room, "--timeout", "450",
+             "stay", "--identity", identity, "--seconds", "400", *(["--publish"] if publish else [])],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+        )
+        first = json.loads(self.proc.stdout.readline() or "{}")
+        assert first.get("event") == "connected", first
+
+    def connected(self) -> bool:
+        return self.proc.poll() is None
+
+    def hang_up(self) -> dict:
+        """Leave cleanly; returns the events and the summary the client printed."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        out = self.proc.communicate(timeout=60)[0]
+        events = [json.loads(line) for line in out.splitlines() if line.strip()]
+        return {"events": events, "summary": events[-1] if events else {}}
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def people():
+    started: list[Participant] = []
+    yield started
+    for person in started:
+        person.kill()
+
+
+def test_cluster_starts_on_the_old_release(cluster):
+    for name in ("a", "b"):
+        assert running_version(cluster[name]) == OLD
+        assert record(cluster[name])["version"] == OLD
+        assert node_state(cluster[name]) == "SERVING"
+
+
+def test_upgrade_in_check_mode_changes_nothing(cluster):
+    before = {name: (record(cluster[name]), cluster[name].sh("readlink /opt/livekit/current").stdout)
+              for name in ("a", "b")}
+    result = run_playbook("upgrade.yml", "--check", env=TARGET_ENV, timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:]
+    for name in ("a", "b"):
+        node = cluster[name]
+        assert (record(node), node.sh("readlink /opt/livekit/current").stdout) == before[name]
+        assert running_version(node) == OLD and unit_state(node) == "active"
+        assert node.sh(f"test -e /opt/livekit/releases/{NEW}", check=False).returncode != 0
+
+
+def test_rolling_upgrade_drops_no_call(cluster, api_key, api_secret, people):
+    a, b = cluster["a"], cluster["b"]
+    room_a = place_room(cluster, a, "on-a", api_key, api_secret)
+    room_b = place_room(cluster, b, "on-b", api_key, api_secret)
+    alice = Participant(a, room_a, "alice", api_key, api_secret, publish=True)
+    bob = Participant(b, room_b, "bob", api_key, api_secret, publish=True)
+    bea = Participant(b, room_b, "bea", api_key, api_secret)
+    people.extend([alice, bob, bea])
+    old_pid_a = a.sh("systemctl show -p MainPID --value livekit-server").stdout.strip()
+
+    upgrade = subprocess.Popen(
+        playbook_command("upgrade.yml", "-e", "livekit_server_restart_drain_timeout=100"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=dict(os.environ, **TARGET_ENV),
+    )
+    try:
+        # Node A goes first and drains: it keeps serving alice but refuses new rooms.
+        assert wait_until(lambda: unit_state(a) == "deactivating", 300), "node A never started draining"
+        assert wait_until(lambda: node_state(a) == "SHUTTING_DOWN", 20), cluster_nodes(a)
+        room_c = f"during-drain-{uuid.uuid4().hex[:6]}"
+        create_room(a, room_c, api_key, api_secret)  # asked of node A itself
+        assert room_host(cluster, room_c) == b.name, "a room created during A's drain must land on B"
+
+        time.sleep(10)  # the drain waits for alice, however long she stays
+        assert unit_state(a) == "deactivating" and alice.connected()
+        assert a.sh("systemctl show -p MainPID --value livekit-server").stdout.strip() == old_pid_a
+        left_at = time.time()
+        alice_call = alice.hang_up()
+        assert alice_call["summary"]["disconnected"] is False, alice_call
+
+        assert wait_until(lambda: record(a)["version"] == NEW, 120), "node A was not upgraded"
+        assert bob.connected() and bea.connected(), "B's participants must stay while A drains and upgrades"
+        restarted_a = [e for e in audit(a) if e["event"] == "restarted" and e["version"] == NEW][-1]
+        assert restarted_a["forced"] == 0 and restarted_a["drain_seconds"] >= 10
+        assert time.time() >= left_at and running_version(a) == NEW
+
+        # B's call ends (its participants leave at this set time), then B drains and upgrades.
+        bob_call, bea_call = bob.hang_up(), bea.hang_up()
+        for call in (bob_call, bea_call):
+            assert call["summary"]["disconnected"] is False, call
+            assert not [e for e in call["events"] if e.get("event") in ("reconnecting", "disconnected")], call
+        assert bea_call["summary"]["video_frames_received"] > 0, bea_call
+        output = upgrade.communicate(timeout=400)[0]
+    finally:
+        if upgrade.poll() is None:
+            upgrade.kill()
+            upgrade.communicate()
+    assert upgrade.returncode == 0, output[-4000:]
+    for node in (a, b):
+        assert running_version(node) == NEW and record(node)["version"] == NEW
+        assert record(node)["previous_version"] == OLD and record(node)["playbook"] == "upgrade.yml"
+        assert node_state(node) == "SERVING"
+        assert not [e for e in audit(node) if e["event"] == "drain_forced"]
+    print(f"node A refused new rooms for {restarted_a['drain_seconds']} s of drain; alice left at {left_at:.0f}")
+
+
+def test_rollback_forces_off_a_caller_after_the_deadline(cluster, api_key, api_secret, people):
+    a = cluster["a"]
+    room = place_room(cluster, a, "late", api_key, api_secret)
+    late = Participant(a, room, "late", api_key, api_secret, publish=True)
+    people.append(late)
+    result = run_playbook("rollback.yml", "--limit", a.name, "-e", "livekit_server_restart_drain_timeout=5",
+                          "-e", "livekit_server_restart_on_drain_timeout=force", env=TARGET_ENV, timeout=300)
+    assert result.returncode == 0, result.stdout[-4000:]
+    call = late.hang_up()
+    assert call["summary"]["disconnected"] is True and call["summary"]["reason"] == "SERVER_SHUTDOWN", call
+    assert running_version(a) == OLD
+    rec = record(a)
+    assert (rec["version"], rec["previous_version"], rec["event"]) == (OLD, NEW, "rollback")
+    forced = [e for e in audit(a) if e["event"] == "drain_forced"][-1]
+    assert forced["participants"] == 1
+    restarted = [e for e in audit(a) if e["event"] == "restarted"][-1]
+    print(f"forced rollback: drain {restarted['drain_seconds']} s, then restarted on {restarted['version']}")
+
+
+def test_deadline_without_force_leaves_the_node_draining_until_the_call_ends(cluster, api_key, api_secret, people):
+    b = cluster["b"]
+    room = place_room(cluster, b, "stays", api_key, api_secret)
+    stays = Participant(b, room, "stays", api_key, api_secret)
+    people.append(stays)
+    result = run_playbook("rollback.yml", "--limit", b.name, "-e", "livekit_server_restart_drain_timeout=5",
+                          env=TARGET_ENV, timeout=300)
+    assert result.returncode != 0
+    assert audit(b)[-1]["event"] == "drain_timeout" and audit(b)[-1]["participants"] == 1
+    assert unit_state(b) == "deactivating" and stays.connected()
+    assert node_state(b) == "SHUTTING_DOWN"
+
+    call = stays.hang_up()
+    assert call["summary"]["disconnected"] is False, call
+    # With its last participant gone the node finishes the drain and starts the release the
+    # rollback switched to; a second run then records it.
+    assert wait_until(lambda: unit_state(b) == "active" and running_version(b) == OLD, 60)
+    again = run_playbook("rollback.yml", "--limit", b.name, "-e", f"livekit_server_rollback_version={OLD}",
+                         env=TARGET_ENV, timeout=300)
+    assert again.returncode == 0, again.stdout[-4000:]
+    assert record(b)["version"] == OLD and record(b)["event"] == "rollback"
+    assert b.sh("test -e /var/lib/livekit/restart-pending", check=False).returncode != 0

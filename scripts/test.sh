@@ -79,13 +79,7 @@ for stage in "${stages[@]}"; do
     lint) run_stage lint stage_lint ;;
     sanity) run_stage sanity stage_sanity ;;
     unit) run_stage unit stage_unit ;;
-    bad_input|default|cluster)
-      case $stage in
-        bad_input) tests=test_bad_input.py ;;
-        default) tests="test_node.py test_restart_deferral.py" ;;
-        cluster) tests=test_upgrade.py ;;
-      esac
-      run_stage "molecule:$stage" env LKT_TESTS="$tests" bash -c "$(declare -f stage_molecule); stage_molecule $stage" ;;
+    bad_input|default|cluster) run_stage "molecule:$stage" bash -c "$(declare -f stage_molecule); stage_molecule $stage" ;;
     *) die "unknown stage $stage (lint sanity unit bad_input default cluster)" ;;
   esac
 done

@@ -124,17 +124,10 @@ import re
 import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_files import atomic_write, read_json
 from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_node import append_audit, iso
 
 VERSION_RE = re.compile(r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$")
-
-
-def read_json(path):
-    try:
-        with open(path) as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
-        return {}
 
 
 def read_audit(path, lines):
@@ -158,18 +151,6 @@ def sha256(path):
         for chunk in iter(lambda: handle.read(65536), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def write_atomic(module, path, data, mode):
-    directory = os.path.dirname(path)
-    if not os.path.isdir(directory):
-        os.makedirs(directory, 0o750)
-    tmp = "%s.tmp.%d" % (path, os.getpid())
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.chmod(tmp, mode)
-    module.atomic_move(tmp, path)
 
 
 def snapshots(config_dir):
@@ -231,12 +212,10 @@ def main():
             if not module.check_mode:
                 if snapshot_stale:
                     with open(params["config"], "rb") as handle:
-                        write_atomic(module, snapshot, handle.read(), 0o600)
-                write_atomic(module, record_path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode(),
-                             0o644)
+                        atomic_write(snapshot, handle.read(), 0o600)
+                atomic_write(record_path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode(), 0o644)
                 if params["facts_file"]:
-                    write_atomic(module, params["facts_file"], (json.dumps(record, sort_keys=True) + "\n").encode(),
-                                 0o644)
+                    atomic_write(params["facts_file"], (json.dumps(record, sort_keys=True) + "\n").encode(), 0o644)
                 audit = dict((k, v) for k, v in record.items() if k not in ("time", "config_sha256"))
                 append_audit(audit_path, audit.pop("event"), **audit)
 

@@ -135,7 +135,61 @@ def playbook_command(playbook: str, *args: str) -> list[str]:
 
 def run_playbook(playbook: str, *args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
     """Run one of the collection's playbooks as a user would; stdout and stderr are captured."""
+    # JSON results and no colours: a message is one line, whatever its length, so tests can match it.
+    plain = {"ANSIBLE_CALLBACK_RESULT_FORMAT": "json", "ANSIBLE_NOCOLOR": "1"}
     return subprocess.run(
         playbook_command(playbook, *args), capture_output=True, text=True, timeout=timeout, check=False,
-        cwd=REPO, env=dict(os.environ, **(env or {})),
+        cwd=REPO, env=dict(os.environ, **plain, **(env or {})),
     )
+
+
+def wait_until(predicate, timeout: float, step: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    return None
+
+
+def unit_state(node: Node) -> str:
+    return node.sh("systemctl show -p ActiveState --value livekit-server").stdout.strip()
+
+
+class Participant:
+    """A real client that joins, optionally publishes, and stays until told to hang up (<= 400 s)."""
+
+    def __init__(self, node: Node, room: str, identity: str, key: str, secret: str, publish: bool = False):
+        env = dict(os.environ, LIVEKIT_API_KEY=key, LIVEKIT_API_SECRET=secret)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(PARTICIPANT), "--url", node.ws, "--room", room, "--timeout", "450",
+             "stay", "--identity", identity, "--seconds", "400", *(["--publish"] if publish else [])],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+        )
+        first = json.loads(self.proc.stdout.readline() or "{}")
+        assert first.get("event") == "connected", first
+
+    def connected(self) -> bool:
+        return self.proc.poll() is None
+
+    def hang_up(self) -> dict:
+        """Leave cleanly; returns the events and the summary the client printed."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        out = self.proc.communicate(timeout=60)[0]
+        events = [json.loads(line) for line in out.splitlines() if line.strip()]
+        return {"events": events, "summary": events[-1] if events else {}}
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def people():
+    started: list[Participant] = []
+    yield started
+    for person in started:
+        person.kill()

@@ -16,7 +16,7 @@ import uuid
 
 import pytest
 
-from conftest import PARTICIPANT, REPO, Node, load_nodes, make_token, playbook_command, run_playbook, twirp
+from conftest import REPO, Node, Participant, load_nodes, make_token, playbook_command, run_playbook, twirp, unit_state, wait_until
 
 sys.path.insert(0, str(REPO / ".cache" / "collections"))
 from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_node import parse_list_nodes  # noqa: E402
@@ -31,20 +31,6 @@ TARGET_ENV = {"LKT_LIVEKIT_VERSION": NEW, "LKT_ARTIFACT_DIR": os.environ["LKT_UP
 def cluster(request) -> dict[str, Node]:
     nodes = {n.name: n for n in load_nodes(request.config.getoption("--hosts-dir"))}
     return {"a": nodes["lkt-node-a"], "b": nodes["lkt-node-b"], "redis": nodes["lkt-redis"]}
-
-
-def wait_until(predicate, timeout: float, step: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    return None
-
-
-def unit_state(node: Node) -> str:
-    return node.sh("systemctl show -p ActiveState --value livekit-server").stdout.strip()
 
 
 def running_version(node: Node) -> str:
@@ -96,44 +82,6 @@ def place_room(cluster: dict, target: Node, prefix: str, key: str, secret: str) 
             return room
         twirp(target, "DeleteRoom", {"room": room}, make_token(key, secret, roomCreate=True))
     pytest.fail(f"LiveKit never placed a room on {target.name} in {tries} tries")
-
-
-class Participant:
-    """A real client that joins, optionally publishes, and stays until told to hang up (<= 400 s)."""
-
-    def __init__(self, node: Node, room: str, identity: str, key: str, secret: str, publish: bool = False):
-        env = dict(os.environ, LIVEKIT_API_KEY=key, LIVEKIT_API_SECRET=secret)
-        self.proc = subprocess.Popen(
-            [sys.executable, str(PARTICIPANT), "--url", node.ws, "--room", room, "--timeout", "450",
-             "stay", "--identity", identity, "--seconds", "400", *(["--publish"] if publish else [])],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
-        )
-        first = json.loads(self.proc.stdout.readline() or "{}")
-        assert first.get("event") == "connected", first
-
-    def connected(self) -> bool:
-        return self.proc.poll() is None
-
-    def hang_up(self) -> dict:
-        """Leave cleanly; returns the events and the summary the client printed."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        out = self.proc.communicate(timeout=60)[0]
-        events = [json.loads(line) for line in out.splitlines() if line.strip()]
-        return {"events": events, "summary": events[-1] if events else {}}
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-
-@pytest.fixture
-def people():
-    started: list[Participant] = []
-    yield started
-    for person in started:
-        person.kill()
 
 
 def test_cluster_starts_on_the_old_release(cluster):

@@ -103,6 +103,30 @@ def test_upgrade_in_check_mode_changes_nothing(cluster):
         assert node.sh(f"test -e /opt/livekit/releases/{NEW}", check=False).returncode != 0
 
 
+def test_failed_node_is_rolled_back_and_the_rollout_stops(cluster, api_key, api_secret, people):
+    """A setting the new release refuses fails node A before it drains: A is put back as it was, its
+    call is never touched, and node B is not upgraded."""
+    a, b = cluster["a"], cluster["b"]
+    before = {name: (record(cluster[name]), cluster[name].sh("readlink /opt/livekit/current").stdout,
+                     cluster[name].sh("sha256sum /etc/livekit/livekit.yaml").stdout) for name in ("a", "b")}
+    pid_a = a.sh("systemctl show -p MainPID --value livekit-server").stdout.strip()
+    caller = Participant(a, place_room(cluster, a, "fail", api_key, api_secret), "caller", api_key, api_secret)
+    people.append(caller)
+    result = run_playbook("upgrade.yml", "-e", '{"livekit_server_config_extra": {"not_an_option": true}}',
+                          env=TARGET_ENV, timeout=600)
+    assert result.returncode != 0
+    assert f"Upgrading {a.name} from {OLD} to {NEW} failed" in result.stdout + result.stderr, result.stderr[-3000:]
+    for name in ("a", "b"):
+        node = cluster[name]
+        now = (record(node), node.sh("readlink /opt/livekit/current").stdout, node.sh("sha256sum /etc/livekit/livekit.yaml").stdout)
+        assert now[1:] == before[name][1:], f"{node.name} must be back to its release and configuration"
+        assert running_version(node) == OLD and node_state(node) == "SERVING"
+    assert record(a)["event"] == "rollback" and record(b) == before["b"][0]
+    assert a.sh("systemctl show -p MainPID --value livekit-server").stdout.strip() == pid_a
+    assert caller.connected() and caller.hang_up()["summary"]["disconnected"] is False
+    assert a.sh("test -e /var/lib/livekit/restart-pending", check=False).returncode != 0
+
+
 def test_rolling_upgrade_drops_no_call(cluster, api_key, api_secret, people):
     a, b = cluster["a"], cluster["b"]
     room_a = place_room(cluster, a, "on-a", api_key, api_secret)

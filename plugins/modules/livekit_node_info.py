@@ -23,6 +23,12 @@ options:
     description:
       - Path of the livekit-server binary on the host; when given, its version is returned.
     type: path
+  unit:
+    description:
+      - systemd unit of livekit-server; when given, the version its running process executes is
+        returned in RV(running_version) (it differs from O(binary) between a release switch and the
+        restart).
+    type: str
   config:
     description:
       - Path of livekit.yaml. With O(binary) and a Redis-backed configuration, the cluster's node
@@ -98,6 +104,11 @@ idle:
   returned: always
   type: bool
   sample: false
+running_version:
+  description: Version of the binary the running process of O(unit) executes; null when not running.
+  returned: always
+  type: str
+  sample: 1.13.4
 cluster_nodes:
   description: The nodes registered in Redis, when O(binary) and O(config) are given.
   returned: always
@@ -120,7 +131,7 @@ from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_api imp
     api_argument_spec,
     client_from_params,
 )
-from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_node import parse_list_nodes
+from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_node import parse_list_nodes, running_version
 
 
 def binary_version(module, binary):
@@ -133,14 +144,19 @@ def binary_version(module, binary):
 
 def main():
     argument_spec = api_argument_spec()
-    argument_spec.update(binary=dict(type="path"), config=dict(type="path"))
+    argument_spec.update(binary=dict(type="path"), config=dict(type="path"), unit=dict(type="str"))
     module = AnsibleModule(
         argument_spec=argument_spec,
         required_together=[("api_key", "api_secret")],
         supports_check_mode=True,
     )
     result = dict(changed=False, running=False, healthy=False, health_status=None, rooms=0,
-                  participants=0, room_list=[], idle=True, version=None, cluster_nodes=[])
+                  participants=0, room_list=[], idle=True, version=None, cluster_nodes=[], running_version=None)
+    if module.params["unit"]:
+        rc, out, err = module.run_command(["systemctl", "show", "--property=MainPID", "--value", module.params["unit"]])
+        if rc != 0:
+            module.fail_json(msg="systemctl show %s failed: %s" % (module.params["unit"], (err or out).strip()), **result)
+        result["running_version"] = running_version(module.run_command, int(out.strip() or 0))
     if module.params["binary"]:
         result["version"] = binary_version(module, module.params["binary"])
         if module.params["config"]:

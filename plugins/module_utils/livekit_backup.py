@@ -1,0 +1,950 @@
+# Copyright: selfhosted.livekit contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Backups of a LiveKit host to S3-compatible storage, and fetching them back.
+
+One implementation, two entry points: the Ansible modules (livekit_backup, livekit_backup_info,
+livekit_restore) import it, and the role installs this same file on the host for the systemd
+timer's ``livekit-backup`` command. So it imports only the standard library (and boto3, which the
+role installs from Debian), never Ansible.
+
+Layout in the bucket, per host::
+
+    <prefix>/<host>/<id>/archive.tar.gz.age   the age-encrypted tar.gz
+    <prefix>/<host>/<id>/manifest.json        written only after the archive is verified
+    <prefix>/<host>/latest.json               moved only after the manifest is verified
+
+A backup without a manifest is not a backup: listing, restore and retention ignore it, and
+retention removes it once a newer good backup exists.
+"""
+
+from __future__ import annotations
+
+import base64
+import calendar
+import datetime
+import errno
+import fcntl
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tarfile
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+try:
+    import boto3
+    from botocore.config import Config as BotoConfig
+    from botocore.exceptions import BotoCoreError, ClientError
+    HAS_BOTO3 = True
+except ImportError:  # the modules report this through missing_required_lib
+    HAS_BOTO3 = False
+    BotoCoreError = ClientError = Exception
+
+FORMAT = 1
+ARCHIVE_NAME = "archive.tar.gz.age"
+MANIFEST_NAME = "manifest.json"
+LATEST_NAME = "latest.json"
+INNER_MANIFEST = "backup.json"
+MIN_PART_SIZE = 5 * 1024 * 1024
+READ_SIZE = 1024 * 1024
+# Redis's RDB is compressed already; a light gzip level keeps the CPU cost low for the same size.
+GZIP_LEVEL = 1
+UPLOAD_WORKERS = 4
+
+
+class BackupError(Exception):
+    """A backup or restore step failed; the message says which and what was left behind."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def utc_id(ts):
+    """Backup id for a UNIX time: 20261123T020000Z (sorts by time)."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(ts))
+
+
+def id_time(backup_id):
+    """UNIX time of a backup id, or None when it is not one."""
+    try:
+        return calendar.timegm(time.strptime(backup_id, "%Y%m%dT%H%M%SZ"))
+    except (TypeError, ValueError):
+        return None
+
+
+def iso(ts):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def sha256_file(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(READ_SIZE), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_json_file(path):
+    """The JSON document in ``path``, or {} when it is missing or unreadable."""
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return {}
+
+
+def write_atomic(path, data, mode=0o600):
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, 0o755, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".%s-" % os.path.basename(path), dir=directory)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class Lock:
+    """An exclusive flock on ``path``; waits up to ``timeout`` seconds for another run to finish."""
+
+    def __init__(self, path, timeout, clock=time.monotonic, sleep=time.sleep):
+        self.path, self.timeout, self.clock, self.sleep = path, timeout, clock, sleep
+        self.handle = None
+
+    def __enter__(self):
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        self.handle = open(self.path, "a")
+        deadline = self.clock() + self.timeout
+        while True:
+            try:
+                fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except OSError as err:
+                if err.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+            if self.clock() >= deadline:
+                self.handle.close()
+                raise BackupError(
+                    "another backup holds %s and did not finish within %d s; nothing was done "
+                    "(raise lock_timeout to wait longer)" % (self.path, self.timeout))
+            self.sleep(0.5)
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Redis
+
+
+class Redis:
+    """A minimal RESP client: enough for AUTH, LASTSAVE, BGSAVE and INFO. The password travels
+    only inside the connection, never in a process's arguments."""
+
+    def __init__(self, host="127.0.0.1", port=6379, password="", timeout=10):
+        self.host, self.port, self.password, self.timeout = host, port, password, timeout
+
+    def command(self, *args):
+        with socket.create_connection((self.host, self.port), timeout=self.timeout) as sock:
+            reader = sock.makefile("rb")
+            if self.password:
+                sock.sendall(self._encode("AUTH", self.password))
+                self._read(reader)
+            sock.sendall(self._encode(*args))
+            return self._read(reader)
+
+    @staticmethod
+    def _encode(*args):
+        out = [b"*%d\r\n" % len(args)]
+        for arg in args:
+            data = arg if isinstance(arg, bytes) else str(arg).encode()
+            out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        return b"".join(out)
+
+    def _read(self, reader):
+        line = reader.readline()
+        if not line:
+            raise BackupError("Redis closed the connection")
+        kind, rest = line[:1], line[1:-2]
+        if kind == b"+":
+            return rest.decode()
+        if kind == b"-":
+            raise BackupError("Redis refused: %s" % rest.decode(errors="replace"))
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            size = int(rest)
+            if size < 0:
+                return None
+            data = reader.read(size + 2)[:-2]
+            return data.decode(errors="replace")
+        if kind == b"*":
+            return [self._read(reader) for dummy in range(int(rest))]
+        raise BackupError("unexpected Redis reply %r" % line[:40])
+
+    def info(self, section=None):
+        text = self.command("INFO", section) if section else self.command("INFO")
+        info = {}
+        for line in text.splitlines():
+            if ":" in line and not line.startswith("#"):
+                key, value = line.split(":", 1)
+                info[key] = value
+        return info
+
+
+def keyspace_keys(info):
+    """Total keys over all databases from INFO keyspace (db0:keys=3,expires=0,...)."""
+    total = 0
+    for key, value in info.items():
+        if key.startswith("db"):
+            for part in value.split(","):
+                if part.startswith("keys="):
+                    total += int(part[5:])
+    return total
+
+
+def redis_snapshot(redis, data_dir, dest, timeout=600, clock=time.monotonic, sleep=time.sleep):
+    """Take a fresh RDB with BGSAVE, waiting until that save (not an earlier one) has finished,
+    then copy it and the AOF directory to ``dest``. Returns facts for the manifest."""
+    before = redis.info("persistence")
+    saves_before = int(before.get("rdb_saves", -1))
+    last_before = int(before.get("rdb_last_save_time", 0))
+    if saves_before < 0:
+        # Redis < 7 has no save counter: make sure our save gets a later timestamp.
+        while time.time() < last_before + 1.05:
+            sleep(0.2)
+    reply = redis.command("BGSAVE", "SCHEDULE")
+    if "Background saving" not in reply:
+        raise BackupError("Redis did not start a snapshot: %s" % reply)
+    deadline = clock() + timeout
+    while True:
+        info = redis.info("persistence")
+        done = info.get("rdb_bgsave_in_progress") == "0" and (
+            int(info.get("rdb_saves", -1)) > saves_before if saves_before >= 0
+            else int(info.get("rdb_last_save_time", 0)) > last_before)
+        if done:
+            break
+        if clock() >= deadline:
+            raise BackupError("Redis's snapshot did not finish within %d s" % timeout)
+        sleep(0.1)
+    if info.get("rdb_last_bgsave_status") != "ok":
+        raise BackupError("Redis reported a failed snapshot (rdb_last_bgsave_status=%s); check its "
+                          "log and free space in %s" % (info.get("rdb_last_bgsave_status"), data_dir))
+    server = redis.info("server")
+    keyspace = redis.info("keyspace")
+    config_dir = data_dir
+    rdb_name = "dump.rdb"
+    try:
+        rdb_name = redis.command("CONFIG", "GET", "dbfilename")[1] or rdb_name
+    except (BackupError, IndexError, TypeError):
+        pass  # CONFIG may be renamed away; the default name then applies
+    os.makedirs(dest, 0o700, exist_ok=True)
+    # Redis replaces the RDB by rename, so the file we open is one whole snapshot.
+    shutil.copy2(os.path.join(config_dir, rdb_name), os.path.join(dest, rdb_name))
+    aof = _copy_aof(redis, data_dir, dest, clock, sleep, deadline)
+    return dict(
+        redis_version=server.get("redis_version"),
+        rdb=rdb_name,
+        aof=aof,
+        keys=keyspace_keys(keyspace),
+        rdb_saved_at=int(info.get("rdb_last_save_time", 0)),
+    )
+
+
+def _copy_aof(redis, data_dir, dest, clock, sleep, deadline):
+    """Copy the AOF directory named by its manifest, retrying while a rewrite swaps files."""
+    info = redis.info("persistence")
+    if info.get("aof_enabled") != "1":
+        return None
+    try:
+        dirname = redis.command("CONFIG", "GET", "appenddirname")[1]
+    except (BackupError, IndexError, TypeError):
+        dirname = "appendonlydir"
+    source = os.path.join(data_dir, dirname)
+    if not os.path.isdir(source):
+        return None
+    while True:
+        info = redis.info("persistence")
+        if info.get("aof_rewrite_in_progress") == "0":
+            manifest_files = [name for name in os.listdir(source) if name.endswith(".manifest")]
+            before = {name: _read_bytes(os.path.join(source, name)) for name in manifest_files}
+            target = os.path.join(dest, dirname)
+            if os.path.isdir(target):
+                shutil.rmtree(target)
+            os.makedirs(target, 0o700)
+            for name in sorted(os.listdir(source)):
+                shutil.copy2(os.path.join(source, name), os.path.join(target, name))
+            after = {name: _read_bytes(os.path.join(source, name)) for name in manifest_files}
+            if before == after and redis.info("persistence").get("aof_rewrite_in_progress") == "0":
+                return dirname
+        if clock() >= deadline:
+            raise BackupError("the AOF kept being rewritten; could not copy it consistently")
+        sleep(0.2)
+
+
+def _read_bytes(path):
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+# ---------------------------------------------------------------------------------------------
+# Archive and encryption
+
+
+def build_archive(out_path, recipients, staging_dirs, files, inner_manifest, age="age"):
+    """Stream a tar.gz of ``staging_dirs`` (name -> directory, stored under that name) and of
+    ``files`` (absolute paths, stored under files/<path>) through ``age`` into ``out_path``.
+
+    Returns the list of archive members (path, size, sha256) that went in."""
+    if not recipients:
+        raise BackupError("no age recipient: the archive would be unencrypted")
+    args = [age, "--encrypt", "--output", out_path]
+    for recipient in recipients:
+        args += ["--recipient", recipient]
+    members = []
+    fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.close(fd)
+    proc = subprocess.Popen(args, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        gz = gzip.GzipFile(fileobj=proc.stdin, mode="wb", compresslevel=GZIP_LEVEL, mtime=0)
+        with tarfile.open(fileobj=gz, mode="w|") as tar:
+            for name, directory in sorted(staging_dirs.items()):
+                for root, dirs, names in os.walk(directory):
+                    dirs.sort()
+                    for entry in sorted(names):
+                        path = os.path.join(root, entry)
+                        arcname = os.path.join(name, os.path.relpath(path, directory))
+                        members.append(_add(tar, path, arcname))
+            for path in files:
+                if os.path.isdir(path) and not os.path.islink(path):
+                    tar.add(path, "files" + path, recursive=False)  # keeps its mode and owner
+                else:
+                    members.append(_add(tar, path, "files" + path))
+            body = json.dumps(dict(inner_manifest, members=members), indent=1, sort_keys=True).encode()
+            info = tarfile.TarInfo(INNER_MANIFEST)
+            info.size, info.mtime, info.mode = len(body), int(time.time()), 0o600
+            tar.addfile(info, io.BytesIO(body))
+        gz.close()
+        proc.stdin.close()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    err = proc.stderr.read().decode(errors="replace").strip()
+    if proc.wait() != 0:
+        raise BackupError("age could not encrypt the archive: %s" % err)
+    return members
+
+
+class _Hashing:
+    """A file reader that hashes what passes through it (one read of each file, not two)."""
+
+    def __init__(self, handle):
+        self.handle, self.digest = handle, hashlib.sha256()
+
+    def read(self, size=-1):
+        data = self.handle.read(size)
+        self.digest.update(data)
+        return data
+
+
+def _add(tar, path, arcname):
+    with open(path, "rb") as handle:
+        info = tar.gettarinfo(arcname=arcname, fileobj=handle)
+        reader = _Hashing(handle)
+        tar.addfile(info, reader)
+    return dict(path=arcname, size=info.size, sha256=reader.digest.hexdigest())
+
+
+def expand_paths(paths):
+    """Directories and regular files under ``paths``, parents first; missing paths are skipped."""
+    found = []
+    for path in paths:
+        path = os.path.abspath(path)
+        if os.path.isfile(path):
+            found.append(path)
+        elif os.path.isdir(path):
+            for root, dirs, names in os.walk(path):
+                dirs.sort()
+                found.append(root)
+                found.extend(os.path.join(root, name) for name in sorted(names)
+                             if os.path.isfile(os.path.join(root, name)))
+    return found
+
+
+def decrypt_archive(archive, identity, dest, age="age"):
+    """Decrypt ``archive`` with the age ``identity`` (the key's text) and unpack it into ``dest``,
+    refusing members that would land outside it. Checks every member against the archive's own
+    manifest. Returns that manifest."""
+    os.makedirs(dest, 0o700, exist_ok=True)
+    fd, identity_file = tempfile.mkstemp(prefix=".age-identity-", dir=dest)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(identity.strip() + "\n")
+        proc = subprocess.Popen([age, "--decrypt", "--identity", identity_file, archive],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            _extract(proc.stdout, dest)
+        except (tarfile.TarError, EOFError, OSError, BackupError) as err:
+            proc.kill()
+            proc.wait()
+            reason = proc.stderr.read().decode(errors="replace").strip()
+            raise BackupError("cannot decrypt or unpack the archive: %s" % (reason or err))
+        reason = proc.stderr.read().decode(errors="replace").strip()
+        if proc.wait() != 0:
+            raise BackupError("cannot decrypt the archive: %s" % reason)
+    finally:
+        os.unlink(identity_file)
+    manifest_path = os.path.join(dest, INNER_MANIFEST)
+    if not os.path.isfile(manifest_path):
+        raise BackupError("the archive has no %s; it is not a backup of this collection" % INNER_MANIFEST)
+    with open(manifest_path) as handle:
+        inner = json.load(handle)
+    for member in inner.get("members", []):
+        path = os.path.join(dest, member["path"])
+        if not os.path.isfile(path) or sha256_file(path) != member["sha256"]:
+            raise BackupError("archive member %s does not match its checksum" % member["path"])
+    return inner
+
+
+def _extract(stream, dest):
+    root = os.path.realpath(dest)
+    with tarfile.open(fileobj=stream, mode="r|gz") as tar:
+        for member in tar:
+            target = os.path.realpath(os.path.join(root, member.name))
+            if not (target == root or target.startswith(root + os.sep)):
+                raise BackupError("archive member %s points outside the restore directory" % member.name)
+            if not (member.isfile() or member.isdir()):
+                raise BackupError("archive member %s is not a regular file" % member.name)
+            tar.extract(member, root, set_attrs=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# S3
+
+
+def s3_client(endpoint_url=None, region=None, access_key=None, secret_key=None,
+              connect_timeout=10, read_timeout=60, retries=3, verify=True):
+    if not HAS_BOTO3:
+        raise BackupError("boto3 is not installed on this host (Debian: python3-boto3)")
+    config = BotoConfig(connect_timeout=connect_timeout, read_timeout=read_timeout,
+                        retries=dict(max_attempts=retries, mode="standard"),
+                        s3=dict(addressing_style="path"), signature_version="s3v4")
+    return boto3.client("s3", endpoint_url=endpoint_url or None, region_name=region or "us-east-1",
+                        aws_access_key_id=access_key or None, aws_secret_access_key=secret_key or None,
+                        config=config, verify=verify)
+
+
+def describe_s3_error(err):
+    if isinstance(err, ClientError):
+        error = err.response.get("Error", {})
+        return "%s: %s" % (error.get("Code", "error"), error.get("Message", str(err)))
+    return str(err)
+
+
+class Store:
+    """One host's backups in a bucket."""
+
+    def __init__(self, client, bucket, prefix, host):
+        self.client, self.bucket = client, bucket
+        self.base = "/".join(part.strip("/") for part in (prefix, host) if part.strip("/"))
+
+    def key(self, *parts):
+        return "/".join((self.base,) + parts)
+
+    def put_json(self, key, doc, extra=None):
+        body = json.dumps(doc, indent=1, sort_keys=True).encode()
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="application/json",
+                               ContentMD5=base64.b64encode(hashlib.md5(body).digest()).decode(),
+                               **(extra or {}))
+        back = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        if hashlib.sha256(back).digest() != hashlib.sha256(body).digest():
+            raise BackupError("s3://%s/%s reads back different from what was written" % (self.bucket, key))
+        return hashlib.sha256(body).hexdigest()
+
+    def get_json(self, key):
+        try:
+            return json.loads(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise
+
+    def upload(self, path, key, part_size, extra=None):
+        """Upload ``path`` with per-part MD5 and SHA-256 checks (multipart above one part), then
+        check the stored object's size and ETag against what was sent. Returns upload facts."""
+        size = os.path.getsize(path)
+        extra = dict(extra or {})
+        if size <= part_size:
+            with open(path, "rb") as handle:
+                body = handle.read()
+            md5 = hashlib.md5(body).digest()
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=body,
+                                   ContentMD5=base64.b64encode(md5).decode(),
+                                   ChecksumSHA256=base64.b64encode(hashlib.sha256(body).digest()).decode(),
+                                   **extra)
+            expected_etag, parts = md5.hex(), 1
+        else:
+            upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, **extra)["UploadId"]
+
+            def send(number, offset):
+                # Each worker reads its own part, so at most UPLOAD_WORKERS parts are in memory.
+                body = os.pread(fd, min(part_size, size - offset), offset)
+                md5 = hashlib.md5(body).digest()
+                reply = self.client.upload_part(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body,
+                    ContentMD5=base64.b64encode(md5).decode())
+                return md5, dict(PartNumber=number, ETag=reply["ETag"])
+
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                with ThreadPoolExecutor(max_workers=UPLOAD_WORKERS) as pool:
+                    sent = [future.result() for future in
+                            [pool.submit(send, number, offset)
+                             for number, offset in enumerate(range(0, size, part_size), 1)]]
+                md5s = [item[0] for item in sent]
+                self.client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                                      MultipartUpload=dict(Parts=[item[1] for item in sent]))
+            except BaseException:
+                try:
+                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                except (BotoCoreError, ClientError):
+                    pass  # retention aborts stale uploads later
+                raise
+            finally:
+                os.close(fd)
+            expected_etag = "%s-%d" % (hashlib.md5(b"".join(md5s)).hexdigest(), len(md5s))
+            parts = len(md5s)
+        head = self.client.head_object(Bucket=self.bucket, Key=key)
+        etag = head.get("ETag", "").strip('"')
+        if head.get("ContentLength") != size:
+            raise BackupError("s3://%s/%s holds %s bytes, %d were sent" % (self.bucket, key, head.get("ContentLength"), size))
+        # With SSE-KMS the ETag is not an MD5; the per-part checksums then stand alone.
+        kms = head.get("ServerSideEncryption") == "aws:kms"
+        if not kms and etag != expected_etag:
+            raise BackupError("s3://%s/%s has ETag %s, expected %s" % (self.bucket, key, etag, expected_etag))
+        return dict(size=size, etag=etag, parts=parts, part_size=part_size)
+
+    def download(self, key, path):
+        digest = hashlib.sha256()
+        size = 0
+        body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        with open(path, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o600)
+            for block in iter(lambda: body.read(READ_SIZE), b""):
+                digest.update(block)
+                size += len(block)
+                handle.write(block)
+        return dict(size=size, sha256=digest.hexdigest())
+
+    def backup_ids(self):
+        """Ids that have an object under them, newest first, and which of those have a manifest."""
+        ids, good = set(), set()
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.base + "/"):
+            for obj in page.get("Contents", []):
+                rest = obj["Key"][len(self.base) + 1:]
+                if "/" not in rest:
+                    continue
+                backup_id, name = rest.split("/", 1)
+                if id_time(backup_id) is None:
+                    continue
+                ids.add(backup_id)
+                if name == MANIFEST_NAME:
+                    good.add(backup_id)
+        return sorted(ids, reverse=True), good
+
+    def delete_backup(self, backup_id):
+        keys = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.key(backup_id) + "/"):
+            keys.extend(obj["Key"] for obj in page.get("Contents", []))
+        # Manifest first: a half-deleted backup must never look good.
+        keys.sort(key=lambda k: not k.endswith("/" + MANIFEST_NAME))
+        for key in keys:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        return keys
+
+    def abort_stale_uploads(self, older_than, now):
+        aborted = []
+        reply = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=self.base + "/")
+        for upload in reply.get("Uploads", []):
+            started = upload["Initiated"]
+            if isinstance(started, datetime.datetime):
+                started = calendar.timegm(started.utctimetuple())
+            if now - started > older_than:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                aborted.append(upload["Key"])
+        return aborted
+
+
+# ---------------------------------------------------------------------------------------------
+# Retention
+
+
+def select_prune(good_ids, all_ids, latest_id, keep_last=3, keep_daily=30, keep_monthly=12, now=None,
+                 incomplete_grace=86400):
+    """Which backups to delete. Keeps the ``keep_last`` newest good backups, the newest good
+    backup of each of the ``keep_daily`` most recent days and ``keep_monthly`` most recent months
+    that have one, and always the newest good backup and the one "latest" points to. Incomplete
+    backups (no manifest) go once they are older than ``incomplete_grace`` seconds and a newer good
+    backup exists; a run in progress is never touched."""
+    now = time.time() if now is None else now
+    good = sorted(good_ids, reverse=True)
+    keep = set(good[:max(keep_last, 1)])
+    if latest_id:
+        keep.add(latest_id)
+    for length, count in ((8, keep_daily), (6, keep_monthly)):
+        seen = []
+        for backup_id in good:
+            bucket = backup_id[:length]
+            if bucket not in seen:
+                seen.append(bucket)
+                if len(seen) > count:
+                    break
+                keep.add(backup_id)
+    prune = [backup_id for backup_id in good if backup_id not in keep]
+    newest_good = good[0] if good else None
+    for backup_id in all_ids:
+        if backup_id in good_ids or backup_id == latest_id:
+            continue
+        started = id_time(backup_id)
+        if newest_good and backup_id < newest_good and started is not None and now - started > incomplete_grace:
+            prune.append(backup_id)
+    return sorted(prune)
+
+
+# ---------------------------------------------------------------------------------------------
+# The backup run
+
+
+def write_status(status_file, textfile, result, success, now):
+    """Record this run for monitoring: a JSON status file and, optionally, a node-exporter
+    textfile with the last success time."""
+    status = dict(read_json_file(status_file), last_attempt=now, last_attempt_ok=success)
+    if success:
+        status.update(last_success=now, last_id=result.get("id"), last_size=result.get("archive_size"),
+                      last_duration=result.get("duration"))
+    else:
+        status["last_error"] = result.get("msg")
+    write_atomic(status_file, json.dumps(status, indent=1, sort_keys=True).encode(), 0o644)
+    if textfile:
+        lines = [
+            "# HELP livekit_backup_last_success_timestamp_seconds When the last verified backup finished.",
+            "# TYPE livekit_backup_last_success_timestamp_seconds gauge",
+            "livekit_backup_last_success_timestamp_seconds %d" % status.get("last_success", 0),
+            "# HELP livekit_backup_last_attempt_ok Whether the last backup run succeeded (1) or failed (0).",
+            "# TYPE livekit_backup_last_attempt_ok gauge",
+            "livekit_backup_last_attempt_ok %d" % (1 if success else 0),
+            "# HELP livekit_backup_last_size_bytes Size of the last verified encrypted archive.",
+            "# TYPE livekit_backup_last_size_bytes gauge",
+            "livekit_backup_last_size_bytes %d" % (status.get("last_size") or 0),
+            "# HELP livekit_backup_last_duration_seconds How long the last verified backup took.",
+            "# TYPE livekit_backup_last_duration_seconds gauge",
+            "livekit_backup_last_duration_seconds %.3f" % (status.get("last_duration") or 0),
+        ]
+        write_atomic(textfile, ("\n".join(lines) + "\n").encode(), 0o644)
+    return status
+
+
+def run_backup(cfg, store=None, now=None, clock=time.monotonic):
+    """One backup, end to end. ``cfg`` is the dict the module and the CLI share (see
+    DEFAULTS). Raises BackupError with what was left behind; returns the result otherwise."""
+    cfg = dict(DEFAULTS, **{k: v for k, v in cfg.items() if v is not None})
+    started = clock()
+    now = time.time() if now is None else now
+    backup_id = utc_id(now)
+    result = dict(id=backup_id, host=cfg["host"])
+    with Lock(cfg["lock_file"], cfg["lock_timeout"]):
+        spool = cfg["spool_dir"]
+        os.makedirs(spool, 0o700, exist_ok=True)
+        os.chmod(spool, 0o700)
+        work = tempfile.mkdtemp(prefix="run-%s-" % backup_id, dir=spool)
+        archive = os.path.join(spool, "%s-%s.tar.gz.age" % (cfg["host"], backup_id))
+        try:
+            staging = {}
+            redis_facts = None
+            if cfg["redis"]:
+                redis_cfg = cfg["redis"]
+                redis = Redis(redis_cfg.get("host", "127.0.0.1"), int(redis_cfg.get("port", 6379)),
+                              redis_cfg.get("password") or "")
+                redis_facts = redis_snapshot(redis, redis_cfg.get("dir", "/var/lib/redis"),
+                                             os.path.join(work, "redis"), cfg["redis_timeout"])
+                staging["redis"] = os.path.join(work, "redis")
+            files = expand_paths(cfg["paths"])
+            inner = dict(format=FORMAT, id=backup_id, host=cfg["host"], created=iso(now),
+                         created_ts=int(now), paths=cfg["paths"], redis=redis_facts,
+                         livekit_version=cfg.get("livekit_version"))
+            members = build_archive(archive, cfg["recipients"], staging, files, inner, cfg["age"])
+            result.update(archive=archive, archive_size=os.path.getsize(archive),
+                          archive_sha256=sha256_file(archive), members=len(members),
+                          redis=redis_facts, packed_seconds=round(clock() - started, 3))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        manifest = dict(format=FORMAT, id=backup_id, host=cfg["host"], created=iso(now), created_ts=int(now),
+                        livekit_version=cfg.get("livekit_version"), redis=redis_facts,
+                        recipients=cfg["recipients"], paths=cfg["paths"],
+                        members=[m["path"] for m in members],
+                        archive=dict(key=None, size=result["archive_size"], sha256=result["archive_sha256"]))
+        try:
+            store = store or Store(s3_client(**cfg["s3"]), cfg["bucket"], cfg["prefix"], cfg["host"])
+            upload_started = clock()
+            archive_key = store.key(backup_id, ARCHIVE_NAME)
+            extra = {}
+            if cfg.get("sse"):
+                extra["ServerSideEncryption"] = cfg["sse"]
+                if cfg.get("sse_kms_key_id"):
+                    extra["SSEKMSKeyId"] = cfg["sse_kms_key_id"]
+            uploaded = store.upload(archive, archive_key, cfg["part_size"], extra)
+            result["upload_seconds"] = round(clock() - upload_started, 3)
+            manifest["archive"].update(key=archive_key, etag=uploaded["etag"], parts=uploaded["parts"])
+            manifest_key = store.key(backup_id, MANIFEST_NAME)
+            manifest_sha = store.put_json(manifest_key, manifest, extra)
+            latest = dict(id=backup_id, manifest=manifest_key, manifest_sha256=manifest_sha,
+                          created=manifest["created"], created_ts=manifest["created_ts"])
+            store.put_json(store.key(LATEST_NAME), latest, extra)
+        except (BotoCoreError, ClientError, OSError) as err:
+            raise BackupError("upload to s3://%s/%s failed (%s); the encrypted archive is kept at %s "
+                              "and 'latest' still points to the previous backup"
+                              % (cfg["bucket"], store.key(backup_id) if store else cfg["prefix"],
+                                 describe_s3_error(err), archive))
+        except BackupError as err:
+            raise BackupError("%s; the encrypted archive is kept at %s and 'latest' still points to the "
+                              "previous backup" % (err, archive))
+        result.update(manifest_key=manifest_key, archive_key=archive_key, latest=latest,
+                      parts=uploaded["parts"], etag=uploaded["etag"])
+        if not cfg["keep_local"]:
+            os.unlink(archive)
+            result["archive"] = None
+        prune_local(spool, cfg["host"], keep=cfg["local_keep"], current=archive)
+        try:
+            result["pruned"] = prune(store, backup_id, cfg, now)
+        except (BotoCoreError, ClientError) as err:
+            result["pruned"] = []
+            result["prune_error"] = describe_s3_error(err)
+    result["duration"] = round(clock() - started, 3)
+    return result
+
+
+def run_and_record(cfg, status_file, textfile=None):
+    """run_backup, then record the outcome for monitoring. Returns (ok, result); on failure the
+    result's msg says what failed and what was left behind."""
+    try:
+        result = run_backup(cfg)
+        ok = True
+    except (BackupError, OSError) as err:
+        result, ok = dict(msg=str(err), id=None), False
+    write_status(status_file, textfile, result, ok, time.time())
+    return ok, result
+
+
+def prune(store, latest_id, cfg, now):
+    all_ids, good = store.backup_ids()
+    doomed = select_prune(good, all_ids, latest_id, cfg["keep_last"], cfg["keep_daily"],
+                          cfg["keep_monthly"], now)
+    for backup_id in doomed:
+        store.delete_backup(backup_id)
+    store.abort_stale_uploads(cfg["incomplete_grace"], now)
+    return doomed
+
+
+def prune_local(spool, host, keep, current):
+    """Keep only the newest ``keep`` archives that failed to upload (plus the current one)."""
+    mine = sorted((name for name in os.listdir(spool)
+                   if name.startswith(host + "-") and name.endswith(".tar.gz.age")), reverse=True)
+    for name in mine[keep:]:
+        path = os.path.join(spool, name)
+        if path != current:
+            os.unlink(path)
+
+
+DEFAULTS = dict(
+    host=socket.gethostname(),
+    paths=["/etc/livekit", "/var/lib/livekit-deploy"],
+    redis=None,
+    redis_timeout=600,
+    recipients=[],
+    age="age",
+    bucket=None,
+    prefix="livekit",
+    s3={},
+    sse=None,
+    sse_kms_key_id=None,
+    part_size=16 * 1024 * 1024,
+    spool_dir="/var/backups/livekit",
+    keep_local=False,
+    local_keep=2,
+    lock_file="/run/lock/livekit-backup.lock",
+    lock_timeout=600,
+    keep_last=3,
+    keep_daily=30,
+    keep_monthly=12,
+    incomplete_grace=86400,
+    livekit_version=None,
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading backups back
+
+
+def find_backup(store, backup_id="latest"):
+    """The manifest of ``backup_id`` (or of the one "latest" points to)."""
+    if backup_id in (None, "", "latest"):
+        latest = store.get_json(store.key(LATEST_NAME))
+        if not latest:
+            raise BackupError("there is no backup of %s yet (no %s)" % (store.base, store.key(LATEST_NAME)))
+        backup_id = latest["id"]
+    manifest = store.get_json(store.key(backup_id, MANIFEST_NAME))
+    if not manifest:
+        raise BackupError("backup %s of %s has no manifest: it never completed, or does not exist"
+                          % (backup_id, store.base))
+    return manifest
+
+
+def fetch_backup(store, manifest, identity, dest, age="age"):
+    """Download the archive of ``manifest`` into ``dest``, check size and SHA-256 against the
+    manifest, decrypt and unpack it, and check every member. Nothing outside ``dest`` changes."""
+    os.makedirs(dest, 0o700, exist_ok=True)
+    archive = os.path.join(dest, ARCHIVE_NAME)
+    got = store.download(manifest["archive"]["key"], archive)
+    want = manifest["archive"]
+    if got["size"] != want["size"] or got["sha256"] != want["sha256"]:
+        raise BackupError("the archive of backup %s does not match its manifest (size %d vs %d, sha256 %s vs %s); "
+                          "refusing to restore it" % (manifest["id"], got["size"], want["size"],
+                                                      got["sha256"][:16], want["sha256"][:16]))
+    unpacked = os.path.join(dest, "unpacked")
+    if os.path.isdir(unpacked):
+        shutil.rmtree(unpacked)
+    inner = decrypt_archive(archive, identity, unpacked, age)
+    if inner.get("id") != manifest["id"] or inner.get("host") != manifest["host"]:
+        raise BackupError("the archive says it is backup %s of %s, the manifest says %s of %s"
+                          % (inner.get("id"), inner.get("host"), manifest["id"], manifest["host"]))
+    os.unlink(archive)
+    return dict(unpacked=unpacked, inner=inner)
+
+
+# ---------------------------------------------------------------------------------------------
+# Putting a fetched backup in place, reversibly
+
+
+JOURNAL = "journal.json"
+
+
+def restore_plan(unpacked, inner, redis_dir):
+    """(source in ``unpacked``, target on the host) pairs: each backed-up top-level path, and the
+    Redis RDB and AOF directory."""
+    plan = []
+    for path in inner.get("paths", []):
+        source = os.path.join(unpacked, "files" + os.path.abspath(path))
+        if os.path.exists(source):
+            plan.append((source, os.path.abspath(path)))
+    redis = inner.get("redis") or {}
+    if redis and redis_dir:
+        for name in (redis.get("rdb"), redis.get("aof")):
+            if name:
+                plan.append((os.path.join(unpacked, "redis", name), os.path.join(redis_dir, name)))
+    return plan
+
+
+def apply_restore(plan, aside_dir, owner=None):
+    """Move each target aside (into ``aside_dir``) and the restored copy into its place. A
+    journal in ``aside_dir`` records every step, so revert_restore can undo it, even after a
+    crash halfway. ``owner`` maps a target to (uid, gid) to give restored files (Redis data)."""
+    if os.path.exists(os.path.join(aside_dir, JOURNAL)):
+        raise BackupError("%s holds an earlier restore that was neither committed nor reverted; "
+                          "revert or commit it first" % aside_dir)
+    for source, target in plan:
+        if not os.path.exists(source):
+            raise BackupError("restored copy %s is missing; nothing was changed" % source)
+    os.makedirs(aside_dir, 0o700, exist_ok=True)
+    journal = dict(steps=[])
+    for index, (source, target) in enumerate(plan):
+        aside = os.path.join(aside_dir, str(index))
+        step = dict(target=target, aside=aside, existed=os.path.lexists(target))
+        journal["steps"].append(step)
+        write_atomic(os.path.join(aside_dir, JOURNAL), json.dumps(journal).encode())
+        if step["existed"]:
+            shutil.move(target, aside)
+        os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
+        shutil.move(source, target)
+        ids = (owner or {}).get(target)
+        if ids:
+            _chown_tree(target, *ids)
+        step["applied"] = True
+        write_atomic(os.path.join(aside_dir, JOURNAL), json.dumps(journal).encode())
+    return [step["target"] for step in journal["steps"]]
+
+
+def _chown_tree(path, uid, gid):
+    os.chown(path, uid, gid)
+    for root, dirs, names in os.walk(path):
+        for name in dirs + names:
+            os.chown(os.path.join(root, name), uid, gid)
+
+
+def revert_restore(aside_dir):
+    """Put back what apply_restore moved aside; returns the targets restored. Safe to repeat."""
+    path = os.path.join(aside_dir, JOURNAL)
+    if not os.path.exists(path):
+        return []
+    with open(path) as handle:
+        journal = json.load(handle)
+    reverted = []
+    for step in reversed(journal["steps"]):
+        target, aside = step["target"], step["aside"]
+        if step["existed"] and not os.path.lexists(aside):
+            continue  # already put back
+        if os.path.isdir(target) and not os.path.islink(target):
+            shutil.rmtree(target)
+        elif os.path.lexists(target):
+            os.unlink(target)
+        if step["existed"]:
+            shutil.move(aside, target)
+        reverted.append(target)
+    os.unlink(path)
+    shutil.rmtree(aside_dir, ignore_errors=True)
+    return reverted
+
+
+def commit_restore(aside_dir):
+    """Drop what apply_restore moved aside; the restored state stays. Safe to repeat."""
+    if not os.path.exists(os.path.join(aside_dir, JOURNAL)):
+        return False
+    shutil.rmtree(aside_dir)
+    return True
+
+
+def s3_argument_spec():
+    """Argument spec of the options in the ``selfhosted.livekit.livekit_s3`` doc fragment."""
+    return dict(
+        bucket=dict(type="str", required=True),
+        prefix=dict(type="str", default="livekit"),
+        endpoint_url=dict(type="str"),
+        region=dict(type="str", default="us-east-1"),
+        access_key=dict(type="str", no_log=True),
+        secret_key=dict(type="str", no_log=True),
+        validate_certs=dict(type="bool", default=True),
+        ca_bundle=dict(type="path"),
+    )
+
+
+def s3_settings(params):
+    """The s3_client keyword arguments from module parameters."""
+    verify = params.get("ca_bundle") or bool(params.get("validate_certs", True))
+    return dict(endpoint_url=params.get("endpoint_url"), region=params.get("region"),
+                access_key=params.get("access_key"), secret_key=params.get("secret_key"), verify=verify)

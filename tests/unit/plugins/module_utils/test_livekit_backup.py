@@ -1,0 +1,200 @@
+"""Backup logic that does not need a server: retention, the run lock, the archive round trip
+through the real age binary, and putting a restore in place and back. Redis, MinIO and the
+playbooks are exercised by the backup molecule scenario."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+
+import pytest
+
+from ansible_collections.selfhosted.livekit.plugins.module_utils import livekit_backup as lb
+
+DAY = 86400
+NOW = lb.id_time("20261123T031500Z")
+
+
+def ids(*times):
+    return [lb.utc_id(t) for t in times]
+
+
+def test_ids_sort_by_time_and_parse_back():
+    assert lb.utc_id(NOW) == "20261123T031500Z"
+    assert lb.id_time(lb.utc_id(NOW - 5)) == NOW - 5
+    assert lb.id_time("manifest.json") is None
+
+
+def test_retention_keeps_last_daily_and_monthly():
+    # One backup a day for 400 days.
+    good = ids(*[NOW - d * DAY for d in range(400)])
+    prune = lb.select_prune(set(good), good, good[0], keep_last=3, keep_daily=30, keep_monthly=12, now=NOW)
+    kept = sorted(set(good) - set(prune), reverse=True)
+    assert kept[:30] == good[:30]  # the last 30 days
+    months = {k[:6] for k in kept}
+    # The dailies reach back into October, so November and October are covered already.
+    assert len(months) == 12 and len(kept) == 30 + 10
+
+
+def test_retention_never_removes_the_newest_good_or_latest():
+    good = ids(NOW - 3 * DAY, NOW - 2 * DAY, NOW - DAY)
+    assert lb.select_prune(set(good), good, good[-1], keep_last=1, keep_daily=0, keep_monthly=0, now=NOW) \
+        == sorted(good[:2])
+    # "latest" pointing to an older backup (say, restored by hand) keeps that one too.
+    assert good[0] not in lb.select_prune(set(good), good, good[0], keep_last=1, keep_daily=0, keep_monthly=0, now=NOW)
+    # keep_last=0 is treated as 1: the newest good backup survives any setting.
+    assert good[-1] not in lb.select_prune(set(good), good, None, keep_last=0, keep_daily=0, keep_monthly=0, now=NOW)
+
+
+def test_incomplete_backups_go_only_when_old_and_superseded():
+    old_good, incomplete, new_good = ids(NOW - 3 * DAY, NOW - 2 * DAY, NOW - DAY)
+    all_ids = [new_good, incomplete, old_good]
+    assert incomplete in lb.select_prune({old_good, new_good}, all_ids, new_good, now=NOW)
+    # A run still in progress (young, newer than every good backup) is left alone.
+    running = lb.utc_id(NOW - 60)
+    assert running not in lb.select_prune({old_good, new_good}, [running] + all_ids, new_good, now=NOW)
+
+
+def test_lock_lets_one_run_through_and_times_the_other_out(tmp_path):
+    path = str(tmp_path / "backup.lock")
+    with lb.Lock(path, 1):
+        with pytest.raises(lb.BackupError, match="another backup holds"):
+            with lb.Lock(path, 1):
+                pass
+    with lb.Lock(path, 1):  # free again once the first run ended
+        pass
+
+
+def test_lock_waits_for_a_run_that_finishes_in_time(tmp_path):
+    path = str(tmp_path / "backup.lock")
+    first = lb.Lock(path, 1).__enter__()
+    threading.Timer(0.6, first.__exit__, (None, None, None)).start()
+    with lb.Lock(path, 5):
+        pass
+
+
+@pytest.fixture
+def identity(tmp_path):
+    if not shutil.which("age-keygen"):
+        pytest.skip("age is not installed (scripts/setup.sh installs it)")
+    path = tmp_path / "id.txt"
+    subprocess.run(["age-keygen", "-o", str(path)], check=True, capture_output=True)
+    recipient = subprocess.run(["age-keygen", "-y", str(path)], check=True, capture_output=True, text=True).stdout.strip()
+    return path.read_text(), recipient
+
+
+def make_tree(root):
+    (root / "etc" / "lk" / "tls").mkdir(parents=True)
+    (root / "etc" / "lk" / "keys.yaml").write_text("APIkey: secret\n")
+    (root / "etc" / "lk" / "tls" / "turn.key").write_text("KEY\n")
+    (root / "redis").mkdir()
+    (root / "redis" / "dump.rdb").write_bytes(os.urandom(4096))
+    return root
+
+
+def test_archive_round_trip_checks_every_member(tmp_path, identity):
+    secret, recipient = identity
+    src = make_tree(tmp_path / "src")
+    archive = str(tmp_path / "a.age")
+    files = lb.expand_paths([str(src / "etc" / "lk")])
+    members = lb.build_archive(archive, [recipient], {"redis": str(src / "redis")}, files,
+                               {"id": "x", "host": "h", "paths": [str(src / "etc" / "lk")]})
+    assert {m["path"] for m in members} >= {"redis/dump.rdb", "files%s/etc/lk/keys.yaml" % src}
+    assert open(archive, "rb").read(22) == b"age-encryption.org/v1\n"
+    inner = lb.decrypt_archive(archive, secret, str(tmp_path / "out"))
+    assert inner["id"] == "x"
+    assert (tmp_path / "out" / ("files%s/etc/lk/tls/turn.key" % src)).read_text() == "KEY\n"
+    assert not [p for p in os.listdir(tmp_path / "out") if p.startswith(".age-identity")]
+
+
+def test_wrong_identity_is_refused(tmp_path, identity):
+    recipient = identity[1]
+    src = make_tree(tmp_path / "src")
+    archive = str(tmp_path / "a.age")
+    lb.build_archive(archive, [recipient], {}, lb.expand_paths([str(src)]), {"id": "x"})
+    other = tmp_path / "other.txt"
+    subprocess.run(["age-keygen", "-o", str(other)], check=True, capture_output=True)
+    with pytest.raises(lb.BackupError, match="cannot decrypt"):
+        lb.decrypt_archive(archive, other.read_text(), str(tmp_path / "out"))
+
+
+def test_no_recipient_means_no_archive(tmp_path):
+    with pytest.raises(lb.BackupError, match="unencrypted"):
+        lb.build_archive(str(tmp_path / "a.age"), [], {}, [], {})
+
+
+def test_apply_then_revert_restores_the_live_state(tmp_path):
+    live = tmp_path / "live"
+    (live / "etc").mkdir(parents=True)
+    (live / "etc" / "keys.yaml").write_text("live\n")
+    (live / "dump.rdb").write_text("live-rdb")
+    fetched = tmp_path / "fetched"
+    (fetched / "etc").mkdir(parents=True)
+    (fetched / "etc" / "keys.yaml").write_text("restored\n")
+    (fetched / "dump.rdb").write_text("restored-rdb")
+    (fetched / "new-dir").mkdir()
+    plan = [(str(fetched / "etc"), str(live / "etc")), (str(fetched / "dump.rdb"), str(live / "dump.rdb")),
+            (str(fetched / "new-dir"), str(live / "new-dir"))]
+    aside = str(tmp_path / "aside")
+    lb.apply_restore(plan, aside)
+    assert (live / "etc" / "keys.yaml").read_text() == "restored\n"
+    assert (live / "new-dir").is_dir()
+    with pytest.raises(lb.BackupError, match="neither committed nor reverted"):
+        lb.apply_restore(plan, aside)
+    lb.revert_restore(aside)
+    assert (live / "etc" / "keys.yaml").read_text() == "live\n"
+    assert (live / "dump.rdb").read_text() == "live-rdb"
+    assert not (live / "new-dir").exists()
+    assert lb.revert_restore(aside) == []  # safe to repeat
+
+
+def test_revert_after_a_crash_halfway(tmp_path):
+    live = tmp_path / "live"
+    live.mkdir()
+    (live / "a").write_text("live-a")
+    (live / "b").write_text("live-b")
+    fetched = tmp_path / "fetched"
+    fetched.mkdir()
+    (fetched / "a").write_text("new-a")
+    aside = tmp_path / "aside"
+    plan = [(str(fetched / "a"), str(live / "a")), (str(tmp_path / "missing"), str(live / "b"))]
+    with pytest.raises(lb.BackupError, match="missing"):
+        lb.apply_restore(plan, str(aside))
+    # Nothing moved when a restored copy is missing up front.
+    assert (live / "a").read_text() == "live-a"
+    # A crash right after step 0: the journal names the step (it is written first), the live
+    # file is aside, the restored copy in its place, and step 1 never ran.
+    aside.mkdir()
+    os.rename(live / "a", aside / "0")
+    shutil.copy(fetched / "a", live / "a")
+    step = {"target": str(live / "a"), "aside": str(aside / "0"), "existed": True}
+    (aside / lb.JOURNAL).write_text(json.dumps({"steps": [step]}))
+    lb.revert_restore(str(aside))
+    assert (live / "a").read_text() == "live-a" and (live / "b").read_text() == "live-b"
+
+
+def test_commit_drops_the_aside_copies(tmp_path):
+    live = tmp_path / "live"
+    live.mkdir()
+    (live / "a").write_text("live")
+    fetched = tmp_path / "f"
+    fetched.mkdir()
+    (fetched / "a").write_text("restored")
+    aside = str(tmp_path / "aside")
+    lb.apply_restore([(str(fetched / "a"), str(live / "a"))], aside)
+    assert lb.commit_restore(aside) is True
+    assert not os.path.exists(aside) and (live / "a").read_text() == "restored"
+    assert lb.commit_restore(aside) is False
+
+
+def test_status_file_and_textfile_record_the_last_success(tmp_path):
+    status, textfile = str(tmp_path / "s.json"), str(tmp_path / "m.prom")
+    lb.write_status(status, textfile, {"id": "a", "archive_size": 10, "duration": 1.5}, True, 1000)
+    lb.write_status(status, textfile, {"msg": "boom"}, False, 2000)
+    recorded = json.load(open(status))
+    assert recorded["last_success"] == 1000 and recorded["last_attempt"] == 2000 and not recorded["last_attempt_ok"]
+    text = open(textfile).read()
+    assert "livekit_backup_last_success_timestamp_seconds 1000" in text and "livekit_backup_last_attempt_ok 0" in text

@@ -12,6 +12,11 @@ ARTIFACT_DIR=$CACHE_DIR/artifacts
 LIVEKIT_TEST_VERSION=${LIVEKIT_TEST_VERSION:-1.13.5}
 # The release upgrade tests start from (an older patch that still builds from the module proxy).
 LIVEKIT_UPGRADE_FROM_VERSION=${LIVEKIT_UPGRADE_FROM_VERSION:-1.13.4}
+# The S3-compatible server backup tests upload to: MinIO, built with `go install`. MinIO tags its
+# releases RELEASE.<date>, which the module proxy does not serve, so this pins the pseudo-version
+# the proxy resolves for its newest commit (2026-02-12).
+MINIO_MODULE_VERSION=${MINIO_MODULE_VERSION:-v0.0.0-20260212201848-7aac2a2c5b7c}
+MINIO_BIN=$CACHE_DIR/bin/minio-$MINIO_MODULE_VERSION
 # Test host images: localhost/selfhosted-livekit-test:<suite>
 TEST_IMAGE_REPO=localhost/selfhosted-livekit-test
 TEST_SUITES=${TEST_SUITES:-"bookworm trixie"}

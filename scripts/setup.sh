@@ -6,7 +6,7 @@
 source "$(dirname "$0")/lib.sh"
 
 apt_packages=(podman runc netavark iptables aardvark-dns slirp4netns uidmap debootstrap git curl ca-certificates
-              openssl python3-venv nftables)
+              openssl python3-venv nftables age)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
@@ -53,6 +53,9 @@ ln -sfn ../../../.. "$REPO_ROOT/.cache/collections/ansible_collections/selfhoste
 for version in "$LIVEKIT_TEST_VERSION" "$LIVEKIT_UPGRADE_FROM_VERSION"; do
   bash "$REPO_ROOT/scripts/build-livekit-artifact.sh" "$version" >/dev/null
 done
+
+# The S3-compatible server of the backup tests.
+bash "$REPO_ROOT/scripts/build-minio.sh" >/dev/null
 
 if [ "${1:-}" != "--no-images" ]; then
   for suite in $TEST_SUITES; do

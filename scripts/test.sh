@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite: lint, sanity, unit tests, then molecule scenarios on real test hosts,
 # cheapest first so the quick failures show up early. Installs what it needs (scripts/setup.sh).
-# Usage: scripts/test.sh [stage...]   stages: lint sanity unit bad_input default cluster  (default: all)
+# Usage: scripts/test.sh [stage...]   stages: lint sanity unit bad_input default backup cluster  (default: all)
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(lint sanity unit bad_input default cluster)
+[ ${#stages[@]} -gt 0 ] || stages=(lint sanity unit bad_input default backup cluster)
 
 bash scripts/setup.sh
 bash scripts/cleanup.sh
@@ -15,6 +15,13 @@ bash scripts/cleanup.sh
 LKT_STATE_DIR=$(mktemp -d "${TMPDIR:-/tmp}/lkt-state.XXXXXX")
 chmod 700 "$LKT_STATE_DIR"
 export LKT_STATE_DIR
+# Backups: an S3 account on the test MinIO and an age identity that exists only for this run.
+export LKT_MINIO_BIN=$MINIO_BIN
+export LKT_S3_ACCESS_KEY="lkt$(openssl rand -hex 6)" LKT_S3_SECRET_KEY=$(openssl rand -hex 20)
+export LKT_AGE_IDENTITY_FILE=$LKT_STATE_DIR/age-identity.txt
+age-keygen -o "$LKT_AGE_IDENTITY_FILE" 2>/dev/null
+LKT_AGE_RECIPIENT=$(age-keygen -y "$LKT_AGE_IDENTITY_FILE")
+export LKT_AGE_RECIPIENT
 export LKT_LIVEKIT_VERSION=$LIVEKIT_TEST_VERSION
 export LKT_ARTIFACT_DIR=$ARTIFACT_DIR/$LIVEKIT_TEST_VERSION
 export LKT_UPGRADE_FROM_VERSION=$LIVEKIT_UPGRADE_FROM_VERSION
@@ -79,8 +86,8 @@ for stage in "${stages[@]}"; do
     lint) run_stage lint stage_lint ;;
     sanity) run_stage sanity stage_sanity ;;
     unit) run_stage unit stage_unit ;;
-    bad_input|default|cluster) run_stage "molecule:$stage" bash -c "$(declare -f stage_molecule); stage_molecule $stage" ;;
-    *) die "unknown stage $stage (lint sanity unit bad_input default cluster)" ;;
+    bad_input|default|backup|cluster) run_stage "molecule:$stage" bash -c "$(declare -f stage_molecule); stage_molecule $stage" ;;
+    *) die "unknown stage $stage (lint sanity unit bad_input default backup cluster)" ;;
   esac
 done
 

@@ -1,0 +1,327 @@
+"""Backups to a real MinIO, restores and the rebuild drill, on a real LiveKit node with its Redis.
+
+The tests run in order and share one story: lkt-bk-a holds known state, is backed up (playbook and
+timer), survives broken backups and failed restores untouched, is restored in place, and is then
+destroyed and rebuilt on the fresh host lkt-bk-b from its latest backup."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pathlib
+import secrets
+import subprocess
+import tarfile
+import time
+
+import boto3
+import pytest
+
+from conftest import Node, Participant, load_nodes, make_token, run_playbook, twirp, wait_until
+
+A, B, S3 = "lkt-bk-a", "lkt-bk-b", "lkt-s3"
+BUCKET = "livekit-backups"
+STATE = pathlib.Path(os.environ["LKT_STATE_DIR"])
+IDENTITY = pathlib.Path(os.environ["LKT_AGE_IDENTITY_FILE"])
+KNOWN = {f"lkt:known:{i}": secrets.token_hex(8) for i in range(50)}
+SEEN: dict = {}  # what lkt-bk-a looked like when it was backed up, for the rebuild
+
+
+@pytest.fixture(scope="module")
+def hosts(request) -> dict[str, Node]:
+    return {n.name: n for n in load_nodes(request.config.getoption("--hosts-dir"))}
+
+
+@pytest.fixture(scope="module")
+def s3(hosts):
+    return boto3.client("s3", endpoint_url=f"http://{hosts[S3].ip}:9000", region_name="us-east-1",
+                        aws_access_key_id=os.environ["LKT_S3_ACCESS_KEY"],
+                        aws_secret_access_key=os.environ["LKT_S3_SECRET_KEY"])
+
+
+def redis(node: Node, *args: str) -> str:
+    """redis-cli inside the host; the password goes through the environment, not argv."""
+    return subprocess.run(["podman", "exec", "-e", "REDISCLI_AUTH", node.name, "redis-cli", "--no-raw", *args],
+                          capture_output=True, text=True, check=True, timeout=60,
+                          env=dict(os.environ, REDISCLI_AUTH=os.environ["LKT_REDIS_PASSWORD"])).stdout.strip()
+
+
+def redis_values(node: Node, keys: list[str]) -> list[str | None]:
+    out = subprocess.run(["podman", "exec", "-e", "REDISCLI_AUTH", node.name, "redis-cli", "--raw", "MGET", *keys],
+                         capture_output=True, text=True, check=True, timeout=60,
+                         env=dict(os.environ, REDISCLI_AUTH=os.environ["LKT_REDIS_PASSWORD"])).stdout
+    return [line or None for line in out.split("\n")[:len(keys)]]
+
+
+def get_json(s3, key: str) -> dict | None:
+    try:
+        return json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    except s3.exceptions.NoSuchKey:
+        return None
+
+
+def latest(s3, host: str = A) -> dict | None:
+    return get_json(s3, f"livekit/{host}/latest.json")
+
+
+def backups(s3, host: str = A) -> tuple[set[str], set[str]]:
+    """(every backup id with an object, the ids that have a manifest)."""
+    ids, good = set(), set()
+    for obj in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"livekit/{host}/").get("Contents", []):
+        parts = obj["Key"].split("/")
+        if len(parts) == 4:
+            ids.add(parts[2])
+            if parts[3] == "manifest.json":
+                good.add(parts[2])
+    return ids, good
+
+
+def sha(node: Node, path: str) -> str:
+    return node.sh(f"sha256sum {path}").stdout.split()[0]
+
+
+def pids(node: Node) -> tuple[str, str]:
+    show = "systemctl show -p MainPID --value"
+    return node.sh(f"{show} livekit-server").stdout.strip(), node.sh(f"{show} redis-server").stdout.strip()
+
+
+def accepted(node: Node, key: str, secret: str) -> bool:
+    status, body = twirp(node, "ListRooms", {}, make_token(key, secret, roomList=True))
+    assert status in (200, 401), (status, body)
+    return status == 200
+
+
+def output(result: subprocess.CompletedProcess) -> str:
+    return result.stdout + result.stderr
+
+
+def live_state(node: Node) -> dict:
+    return dict(pids=pids(node), keys_yaml=sha(node, "/etc/livekit/keys.yaml"),
+                values=redis_values(node, sorted(KNOWN)), extra=redis_values(node, ["lkt:after", "lkt:live-only"]))
+
+
+def test_backup_is_encrypted_verified_and_secret_free(hosts, s3, api_key, api_secret):
+    node = hosts[A]
+    redis(node, "MSET", *[item for pair in KNOWN.items() for item in pair])
+    SEEN.update(keys_yaml=sha(node, "/etc/livekit/keys.yaml"), turn_crt=sha(node, "/etc/livekit/tls/turn.crt"),
+                livekit_yaml=sha(node, "/etc/livekit/livekit.yaml"))
+
+    result = run_playbook("backup.yml", "--limit", A, "-vvv", "--diff")
+    assert result.returncode == 0, output(result)[-3000:]
+
+    pointer = latest(s3)
+    manifest = get_json(s3, pointer["manifest"])
+    assert manifest["id"] == pointer["id"] and manifest["host"] == A
+    assert manifest["livekit_version"] == os.environ["LKT_LIVEKIT_VERSION"]
+    assert manifest["redis"]["keys"] >= len(KNOWN) and manifest["redis"]["aof"] == "appendonlydir"
+    raw = s3.get_object(Bucket=BUCKET, Key=manifest["archive"]["key"])["Body"].read()
+    assert hashlib.sha256(raw).hexdigest() == manifest["archive"]["sha256"] and len(raw) == manifest["archive"]["size"]
+    assert raw.startswith(b"age-encryption.org/v1\n"), "the archive in the bucket is not age-encrypted"
+
+    plain = subprocess.run(["age", "--decrypt", "--identity", str(IDENTITY)], input=raw, capture_output=True,
+                           check=True, timeout=60).stdout
+    with tarfile.open(fileobj=io.BytesIO(plain), mode="r:gz") as tar:
+        names = tar.getnames()
+        inner = json.load(tar.extractfile("backup.json"))
+    for wanted in ("redis/dump.rdb", "files/etc/livekit/keys.yaml", "files/etc/livekit/livekit.yaml",
+                   "files/etc/livekit/tls/turn.crt", "files/etc/livekit/tls/turn.key",
+                   "files/var/lib/livekit-deploy/deployment.json"):
+        assert wanted in names, (wanted, names)
+    assert any(name.startswith("redis/appendonlydir/") for name in names), names
+    assert inner["id"] == manifest["id"]
+
+    secret_values = [api_secret, os.environ["LKT_REDIS_PASSWORD"], os.environ["LKT_S3_SECRET_KEY"],
+                     IDENTITY.read_text().split("AGE-SECRET-KEY-")[1].split()[0]]
+    leaked = [i for i, value in enumerate(secret_values) if value in output(result)]
+    assert not leaked, f"secrets #{leaked} appear in the -vvv --diff output of backup.yml"
+    assert not any(value.encode() in raw for value in secret_values), "a secret is readable in the encrypted archive"
+    assert not any(value in " ".join(names) for value in secret_values), "a secret appears in the archive listing"
+    assert node.sh("stat -c '%a %U' /etc/livekit-backup/config.json").stdout.strip() == "600 root"
+    SEEN["first_backup"] = manifest["id"]
+
+
+def test_timer_takes_the_same_backup_and_reports_success(hosts, s3):
+    node = hosts[A]
+    assert node.sh("systemctl is-enabled livekit-backup.timer").stdout.strip() == "enabled"
+    assert node.sh("systemctl show -p Persistent --value livekit-backup.timer").stdout.strip() == "yes"
+    before = latest(s3)["id"]
+    time.sleep(1.1)  # ids have one-second resolution
+    started = time.time()
+    node.sh("systemctl start livekit-backup.service")  # oneshot: returns when the run is over
+    after = latest(s3)["id"]
+    assert after != before and after in backups(s3)[1]
+    status = json.loads(node.sh("cat /var/lib/livekit-backup/status.json").stdout)
+    assert status["last_attempt_ok"] and status["last_id"] == after and status["last_success"] >= started - 1
+    metrics = node.sh("cat /var/lib/prometheus/node-exporter/livekit_backup.prom").stdout
+    assert f"livekit_backup_last_success_timestamp_seconds {int(status['last_success'])}" in metrics
+    assert "livekit_backup_last_attempt_ok 1" in metrics
+
+
+def test_second_run_gives_up_cleanly_while_one_holds_the_lock(hosts, s3):
+    node = hosts[A]
+    before = latest(s3)
+    node.sh("systemd-run --unit lkt-hold-lock flock /run/lock/livekit-backup.lock sleep 60")
+    try:
+        wait_until(lambda: "flock" in node.sh("systemctl status lkt-hold-lock", check=False).stdout, 10)
+        result = run_playbook("backup.yml", "--limit", A, "-e", "livekit_backup_lock_timeout=3")
+    finally:
+        node.sh("systemctl stop lkt-hold-lock", check=False)
+    assert result.returncode != 0
+    assert "another backup holds /run/lock/livekit-backup.lock" in output(result), output(result)[-2000:]
+    assert latest(s3) == before
+
+
+def test_unreachable_storage_keeps_the_archive_and_latest(hosts, s3):
+    node = hosts[A]
+    before = latest(s3)
+    result = run_playbook("backup.yml", "--limit", A, "-e", "livekit_backup_s3_endpoint_url=http://lkt-s3:9")
+    assert result.returncode != 0
+    text = output(result)
+    assert "upload to s3://livekit-backups/livekit/lkt-bk-a/" in text, text[-2000:]
+    kept = text.split("the encrypted archive is kept at ")[1].split()[0]
+    assert node.sh(f"stat -c '%a %U' {kept}").stdout.strip() == "600 root"
+    assert node.sh(f"head -c 22 {kept}").stdout == "age-encryption.org/v1\n"
+    assert latest(s3) == before
+    status = json.loads(node.sh("cat /var/lib/livekit-backup/status.json").stdout)
+    assert status["last_attempt_ok"] is False and "kept at" in status["last_error"]
+    assert "livekit_backup_last_attempt_ok 0" in node.sh("cat /var/lib/prometheus/node-exporter/livekit_backup.prom").stdout
+
+
+def test_backup_killed_mid_upload_leaves_no_manifest_and_latest_alone(hosts, s3):
+    node = hosts[A]
+    before = latest(s3)
+    spool_before = set(node.sh("ls /var/backups/livekit").stdout.split())
+    subprocess.run(["podman", "pause", S3], check=True, timeout=60)
+    try:
+        node.sh("systemctl start --no-block livekit-backup.service")
+        fresh = wait_until(lambda: set(node.sh("ls /var/backups/livekit").stdout.split()) - spool_before, 60)
+        assert fresh, "the backup never wrote its archive"
+        time.sleep(3)  # the archive is written; the upload is now hanging on the frozen storage
+        assert node.sh("systemctl show -p ActiveState --value livekit-backup.service").stdout.strip() == "activating"
+        node.sh("systemctl kill -s KILL livekit-backup.service")
+    finally:
+        subprocess.run(["podman", "unpause", S3], check=True, timeout=60)
+    assert wait_until(lambda: node.sh("systemctl show -p ActiveState --value livekit-backup.service")
+                      .stdout.strip() in ("failed", "inactive"), 30)
+    node.sh("systemctl reset-failed livekit-backup.service", check=False)
+    killed_id = next(iter(fresh)).removeprefix(f"{A}-").removesuffix(".tar.gz.age")
+    assert latest(s3) == before
+    assert killed_id not in backups(s3)[1], "a killed run left a manifest"
+    SEEN["killed_id"] = killed_id
+
+
+def test_retention_prunes_old_backups_but_never_the_newest_good_one(hosts, s3):
+    good_before = backups(s3)[1]
+    assert len(good_before) >= 2
+    result = run_playbook("backup.yml", "--limit", A, "-e", "livekit_backup_keep_last=1",
+                          "-e", "livekit_backup_keep_daily=0", "-e", "livekit_backup_keep_monthly=0")
+    assert result.returncode == 0, output(result)[-3000:]
+    pointer = latest(s3)
+    ids, good = backups(s3)
+    assert good == {pointer["id"]}, (good, pointer)
+    assert not good & good_before
+    assert get_json(s3, pointer["manifest"])["id"] == pointer["id"]
+
+
+def test_restore_refuses_broken_backups_and_leaves_live_data_alone(hosts, s3, tmp_path):
+    node = hosts[A]
+    before = live_state(node)
+    pointer = latest(s3)
+    manifest = get_json(s3, pointer["manifest"])
+    key = manifest["archive"]["key"]
+    original = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    manifest_key = pointer["manifest"]
+    manifest_body = s3.get_object(Bucket=BUCKET, Key=manifest_key)["Body"].read()
+    flipped = bytearray(original)
+    flipped[len(flipped) // 2] ^= 0xFF
+    wrong = tmp_path / "wrong-identity.yml"
+    subprocess.run(["age-keygen", "-o", str(tmp_path / "wrong.txt")], check=True, capture_output=True)
+    wrong.write_text(json.dumps({"livekit_backup_restore_identity": (tmp_path / "wrong.txt").read_text()}))
+    wrong.chmod(0o600)
+    try:
+        # 1. The archive changed after upload: its checksum no longer matches the manifest.
+        s3.put_object(Bucket=BUCKET, Key=key, Body=bytes(flipped))
+        result = run_playbook("restore.yml", "--limit", A)
+        assert result.returncode != 0 and "does not match its manifest" in output(result), output(result)[-2000:]
+        assert live_state(node) == before
+
+        # 2. Same corruption with a manifest that agrees: age's authentication refuses it.
+        forged = dict(manifest, archive=dict(manifest["archive"], sha256=hashlib.sha256(flipped).hexdigest()))
+        s3.put_object(Bucket=BUCKET, Key=manifest_key, Body=json.dumps(forged).encode())
+        result = run_playbook("restore.yml", "--limit", A)
+        assert result.returncode != 0 and "cannot decrypt" in output(result), output(result)[-2000:]
+        assert live_state(node) == before
+    finally:
+        s3.put_object(Bucket=BUCKET, Key=key, Body=original)
+        s3.put_object(Bucket=BUCKET, Key=manifest_key, Body=manifest_body)
+
+    # 3. An identity the backup was not encrypted for.
+    result = run_playbook("restore.yml", "--limit", A, "-e", f"@{wrong}")
+    assert result.returncode != 0 and "cannot decrypt" in output(result), output(result)[-2000:]
+    assert live_state(node) == before
+    assert node.sh("test -e /var/lib/livekit-restore/aside", check=False).returncode != 0
+
+
+def test_restore_in_place_brings_back_the_backed_up_state(hosts, api_key, api_secret):
+    node = hosts[A]
+    redis(node, "SET", "lkt:after", "written-after-the-backup")
+    redis(node, "DEL", "lkt:known:0")
+    old_pids = pids(node)
+    result = run_playbook("restore.yml", "--limit", A)
+    assert result.returncode == 0, output(result)[-3000:]
+    assert redis_values(node, sorted(KNOWN)) == [KNOWN[k] for k in sorted(KNOWN)]
+    assert redis_values(node, ["lkt:after"]) == [None]
+    new_pids = pids(node)
+    assert new_pids[0] != old_pids[0] and new_pids[1] != old_pids[1], "services were not restarted on the restored data"
+    assert accepted(node, api_key, api_secret)
+    assert node.sh("test -e /var/lib/livekit-restore/aside", check=False).returncode != 0
+    assert '"rpo_seconds"' in result.stdout or "rpo_seconds" in result.stdout
+
+
+def test_failed_restore_puts_the_live_data_back(hosts, api_key, api_secret):
+    node = hosts[A]
+    redis(node, "SET", "lkt:live-only", "keep-me")
+    # The restored server must report this version to pass verification; it cannot, so the
+    # restore fails after the data was swapped and the services restarted.
+    result = run_playbook("restore.yml", "--limit", A, "-e", "livekit_server_version=9.9.9")
+    assert result.returncode != 0
+    assert "The live data was put back" in output(result), output(result)[-3000:]
+    assert redis_values(node, ["lkt:live-only"]) == ["keep-me"]
+    assert node.sh("systemctl is-active livekit-server redis-server").stdout.split() == ["active", "active"]
+    assert wait_until(lambda: accepted(node, api_key, api_secret), 30)
+    assert node.sh("test -e /var/lib/livekit-restore/aside", check=False).returncode != 0
+
+
+def test_rebuild_drill_restores_a_destroyed_host_on_a_fresh_one(hosts, s3, api_key, api_secret, tmp_path):
+    redis(hosts[A], "DEL", "lkt:live-only")
+    result = run_playbook("backup.yml", "--limit", A)
+    assert result.returncode == 0, output(result)[-3000:]
+    backed_up = latest(s3)
+    subprocess.run(["podman", "rm", "--force", "--time", "5", A], check=True, capture_output=True, timeout=120)
+
+    extra = tmp_path / "drill-inventory.yml"
+    extra.write_text(json.dumps({"livekit": {"hosts": {B: None}}, "redis": {"hosts": {B: None}}}))
+    reports = STATE / "drill-reports"
+    result = run_playbook("rebuild_drill.yml", "-i", str(extra), "--limit", f"{B},localhost",
+                          "-e", f"livekit_backup_restore_source_host={A}", "-e", f"livekit_drill_report_dir={reports}",
+                          timeout=1200)
+    assert result.returncode == 0, output(result)[-4000:]
+
+    node = hosts[B]
+    assert redis_values(node, sorted(KNOWN)) == [KNOWN[k] for k in sorted(KNOWN)]
+    assert sha(node, "/etc/livekit/keys.yaml") == SEEN["keys_yaml"]
+    assert sha(node, "/etc/livekit/tls/turn.crt") == SEEN["turn_crt"]
+    assert accepted(node, api_key, api_secret)
+    person = Participant(node, "after-the-drill", "drill-check", api_key, api_secret)
+    assert person.connected()
+    person.hang_up()
+
+    report = json.loads(next(reports.glob("drill-*.json")).read_text())
+    assert next(reports.glob("drill-*.md")).read_text().startswith("# LiveKit rebuild drill")
+    assert report["hosts"][0]["backup"] == backed_up["id"] and report["hosts"][0]["backup_of"] == A
+    assert 0 < report["steps"]["site_yml_seconds"] < report["rto_seconds"]
+    assert report["rpo_seconds"] > 0
+    print(f"\nrebuild drill: RTO {report['rto_seconds']} s (site.yml {report['steps']['site_yml_seconds']} s, "
+          f"restore {report['steps']['restore_seconds']} s), RPO {report['rpo_seconds']} s")

@@ -294,6 +294,20 @@ def test_failed_restore_puts_the_live_data_back(hosts, api_key, api_secret):
     assert node.sh("test -e /var/lib/livekit-restore/aside", check=False).returncode != 0
 
 
+def test_redis_kill_9_loses_at_most_a_second_of_acknowledged_writes(hosts):
+    """The role's AOF (appendfsync everysec) on a real Redis: write as fast as one client can,
+    kill -9 redis-server, let systemd restart it, compare. bench/redis_aof_loss.sh repeats this."""
+    node = hosts[A]
+    payload = (pathlib.Path(__file__).resolve().parents[2] / "bench" / "redis_aof_loss.py").read_text()
+    out = subprocess.run(["podman", "exec", "-i", node.name, "python3", "-", "1"], input=payload,
+                         capture_output=True, text=True, check=True, timeout=180).stdout
+    trial = json.loads(out)[0]
+    print(f"\nredis kill -9: {trial}")
+    assert trial["recovered"] <= trial["acknowledged"]
+    assert trial["lost_writes"] <= trial["writes_per_second"], trial  # at most ~1 s of writes
+    assert node.sh("systemctl is-active redis-server").stdout.strip() == "active"
+
+
 def test_rebuild_drill_restores_a_destroyed_host_on_a_fresh_one(hosts, s3, api_key, api_secret, tmp_path):
     redis(hosts[A], "DEL", "lkt:live-only")
     result = run_playbook("backup.yml", "--limit", A)

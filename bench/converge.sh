@@ -4,25 +4,10 @@
 # restart of the idle node (selfhosted.livekit.livekit_restart). Prints the median of RUNS runs
 # of each, as a Markdown table for docs/benchmarks.md.
 # Usage: bench/converge.sh [RUNS]   (default 3; each fresh run starts a new container)
-source "$(dirname "$0")/../scripts/lib.sh"
-cd "$REPO_ROOT"
 runs=${1:-3}
 name=lkt-bench
-TEST_SUITES=bookworm bash scripts/setup.sh >/dev/null
-
-state=$(mktemp -d)
-trap 'podman rm -f -t 0 $name >/dev/null 2>&1; podman network rm -f $name >/dev/null 2>&1; rm -rf "$state"' EXIT
-mkdir -p "$state/inventory/group_vars"
-cp -r molecule/shared/group_vars/all "$state/inventory/group_vars/all"
-cat >"$state/inventory/hosts.yml" <<YAML
-all:
-  children:
-    livekit: {hosts: {$name: {ansible_connection: containers.podman.podman}}}
-    redis: {hosts: {$name: {}}}
-YAML
-export LKT_STATE_DIR=$state LKT_LIVEKIT_VERSION=$LIVEKIT_TEST_VERSION LKT_ARTIFACT_DIR=$ARTIFACT_DIR/$LIVEKIT_TEST_VERSION
-export LKT_API_KEY=APIbench LKT_API_SECRET=$(openssl rand -hex 24) LKT_REDIS_PASSWORD=$(openssl rand -hex 16)
-export ANSIBLE_COLLECTIONS_PATH=$REPO_ROOT/.cache/collections ANSIBLE_PIPELINING=true
+source "$(dirname "$0")/lib.sh"
+bench_inventory livekit redis
 
 converge() {  # prints "seconds changed"
   local start end out

@@ -5,28 +5,11 @@
 # kill -9 redis-server, let systemd restart it, and compare the recovered counter with the last
 # acknowledged value. Prints each trial and the medians (Markdown for docs/benchmarks.md).
 # Usage: bench/redis_aof_loss.sh [TRIALS]   (default 5)
-source "$(dirname "$0")/../scripts/lib.sh"
-cd "$REPO_ROOT"
 trials=${1:-5}
 name=lkt-bench-redis
-TEST_SUITES=bookworm bash scripts/setup.sh >/dev/null
-
-state=$(mktemp -d)
-trap 'podman rm -f -t 0 $name >/dev/null 2>&1; rm -rf "$state"' EXIT
-mkdir -p "$state/inventory/group_vars"
-cp -r molecule/shared/group_vars/all "$state/inventory/group_vars/all"
-cat >"$state/inventory/hosts.yml" <<YAML
-all:
-  children:
-    redis: {hosts: {$name: {ansible_connection: containers.podman.podman}}}
-YAML
-export LKT_STATE_DIR=$state LKT_REDIS_PASSWORD=$(openssl rand -hex 16) LKT_API_KEY=unused LKT_API_SECRET=unused
-export ANSIBLE_COLLECTIONS_PATH=$REPO_ROOT/.cache/collections ANSIBLE_PIPELINING=true
-
-podman rm -f -t 0 $name >/dev/null 2>&1 || true
-podman run -d --name $name --hostname $name --runtime runc --privileged --systemd always \
-  "$TEST_IMAGE_REPO:bookworm" /sbin/init >/dev/null
-podman exec $name systemctl is-system-running --wait >/dev/null 2>&1 || true
+source "$(dirname "$0")/lib.sh"
+bench_inventory redis
+bench_host
 log "converging Redis on $name"
 ansible-playbook -i "$state/inventory" playbooks/site.yml >"$state/converge.log" 2>&1 \
   || { tail -30 "$state/converge.log"; die "converge failed"; }

@@ -4,8 +4,8 @@
 
 One implementation, two entry points: the Ansible modules (livekit_backup, livekit_backup_info,
 livekit_restore) import it, and the role installs this same file on the host for the systemd
-timer's ``livekit-backup`` command. So it imports only the standard library (and boto3, which the
-role installs from Debian), never Ansible.
+timer's ``livekit-backup.service``. So it imports only the standard library, boto3 (which the
+role installs from Debian) and livekit_files.py (installed next to it), never Ansible itself.
 
 Layout in the bucket, per host::
 
@@ -36,6 +36,11 @@ import tarfile
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+
+try:
+    from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_files import atomic_write, read_json
+except ImportError:  # on the host, for the timer: installed next to livekit_files.py by the role
+    from livekit_files import atomic_write, read_json  # pylint: disable=import-error
 
 try:
     import boto3
@@ -89,32 +94,6 @@ def sha256_file(path):
         for block in iter(lambda: handle.read(READ_SIZE), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def read_json_file(path):
-    """The JSON document in ``path``, or {} when it is missing or unreadable."""
-    try:
-        with open(path) as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
-        return {}
-
-
-def write_atomic(path, data, mode=0o600):
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, 0o755, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".%s-" % os.path.basename(path), dir=directory)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class Lock:
@@ -635,13 +614,13 @@ def select_prune(good_ids, all_ids, latest_id, keep_last=3, keep_daily=30, keep_
 def write_status(status_file, textfile, result, success, now):
     """Record this run for monitoring: a JSON status file and, optionally, a node-exporter
     textfile with the last success time."""
-    status = dict(read_json_file(status_file), last_attempt=now, last_attempt_ok=success)
+    status = dict(read_json(status_file), last_attempt=now, last_attempt_ok=success)
     if success:
         status.update(last_success=now, last_id=result.get("id"), last_size=result.get("archive_size"),
                       last_duration=result.get("duration"))
     else:
         status["last_error"] = result.get("msg")
-    write_atomic(status_file, json.dumps(status, indent=1, sort_keys=True).encode(), 0o644)
+    atomic_write(status_file, json.dumps(status, indent=1, sort_keys=True).encode(), 0o644)
     if textfile:
         lines = [
             "# HELP livekit_backup_last_success_timestamp_seconds When the last verified backup finished.",
@@ -657,7 +636,7 @@ def write_status(status_file, textfile, result, success, now):
             "# TYPE livekit_backup_last_duration_seconds gauge",
             "livekit_backup_last_duration_seconds %.3f" % (status.get("last_duration") or 0),
         ]
-        write_atomic(textfile, ("\n".join(lines) + "\n").encode(), 0o644)
+        atomic_write(textfile, ("\n".join(lines) + "\n").encode(), 0o644)
     return status
 
 
@@ -877,7 +856,7 @@ def apply_restore(plan, aside_dir, owner=None):
         aside = os.path.join(aside_dir, str(index))
         step = dict(target=target, aside=aside, existed=os.path.lexists(target))
         journal["steps"].append(step)
-        write_atomic(os.path.join(aside_dir, JOURNAL), json.dumps(journal).encode())
+        atomic_write(os.path.join(aside_dir, JOURNAL), json.dumps(journal).encode(), 0o600)
         if step["existed"]:
             shutil.move(target, aside)
         os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
@@ -886,7 +865,7 @@ def apply_restore(plan, aside_dir, owner=None):
         if ids:
             _chown_tree(target, *ids)
         step["applied"] = True
-        write_atomic(os.path.join(aside_dir, JOURNAL), json.dumps(journal).encode())
+        atomic_write(os.path.join(aside_dir, JOURNAL), json.dumps(journal).encode(), 0o600)
     return [step["target"] for step in journal["steps"]]
 
 

@@ -155,11 +155,11 @@ def fetch(module, params):
 
 def apply(module, params):
     state_file = os.path.join(params["work_dir"], "fetched.json")
-    fetched = lb.read_json_file(state_file)
+    fetched = lb.read_json(state_file)
     if not fetched:
         module.fail_json(msg="no fetched backup in %s: run state=fetched first" % params["work_dir"])
     inner_path = os.path.join(fetched["unpacked"], lb.INNER_MANIFEST)
-    inner = lb.read_json_file(inner_path)
+    inner = lb.read_json(inner_path)
     plan = lb.restore_plan(fetched["unpacked"], inner, params["redis_dir"])
     if module.check_mode:
         module.exit_json(changed=True, targets=[step[1] for step in plan])

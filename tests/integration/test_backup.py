@@ -149,7 +149,13 @@ def test_timer_takes_the_same_backup_and_reports_success(hosts, s3):
     before = latest(s3)["id"]
     time.sleep(1.1)  # ids have one-second resolution
     started = time.time()
-    node.sh("systemctl start livekit-backup.service")  # oneshot: returns when the run is over
+    # Run it (a oneshot: systemctl returns when the run is over) while sampling every process's
+    # command line on the host: no secret may appear in one.
+    sampled = node.sh("systemctl start livekit-backup.service & run=$!; "
+                      "while kill -0 $run 2>/dev/null; do ps -eo args; sleep 0.05; done; wait $run").stdout
+    assert sampled.count("livekit_backup_cli.py") >= 2, "the sampler did not see the backup run"
+    for value in (os.environ["LKT_REDIS_PASSWORD"], os.environ["LKT_S3_SECRET_KEY"], os.environ["LKT_S3_ACCESS_KEY"]):
+        assert value not in sampled, "a secret appeared in a process's arguments during the backup"
     after = latest(s3)["id"]
     assert after != before and after in backups(s3)[1]
     status = json.loads(node.sh("cat /var/lib/livekit-backup/status.json").stdout)
@@ -256,6 +262,11 @@ def test_restore_refuses_broken_backups_and_leaves_live_data_alone(hosts, s3, tm
     finally:
         s3.put_object(Bucket=BUCKET, Key=key, Body=original)
         s3.put_object(Bucket=BUCKET, Key=manifest_key, Body=manifest_body)
+
+    # A --check run verifies the backup (download, checksum, decryption) and changes nothing.
+    result = run_playbook("restore.yml", "--limit", A, "--check")
+    assert result.returncode == 0, output(result)[-3000:]
+    assert live_state(node) == before
 
     # 3. An identity the backup was not encrypted for.
     result = run_playbook("restore.yml", "--limit", A, "-e", f"@{wrong}")

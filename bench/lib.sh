@@ -1,0 +1,33 @@
+# shellcheck shell=bash
+# Shared by the bench scripts: a throwaway test host NAME in the given inventory GROUPS, with the
+# test suite's group_vars and per-run secrets. Source it after setting `name`; it sets `state`
+# (removed on exit, with the container) and exports what the group_vars read.
+# Usage: name=lkt-bench; source bench/lib.sh; bench_inventory livekit redis
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
+cd "$REPO_ROOT"
+TEST_SUITES=bookworm bash scripts/setup.sh >/dev/null
+
+state=$(mktemp -d)
+trap 'podman rm -f -t 0 "$name" >/dev/null 2>&1; podman network rm -f "$name" >/dev/null 2>&1; rm -rf "$state"' EXIT
+export LKT_STATE_DIR=$state LKT_LIVEKIT_VERSION=$LIVEKIT_TEST_VERSION LKT_ARTIFACT_DIR=$ARTIFACT_DIR/$LIVEKIT_TEST_VERSION
+export LKT_API_KEY=APIbench LKT_API_SECRET=$(openssl rand -hex 24) LKT_REDIS_PASSWORD=$(openssl rand -hex 16)
+export ANSIBLE_COLLECTIONS_PATH=$REPO_ROOT/.cache/collections ANSIBLE_PIPELINING=true
+
+bench_inventory() {  # writes $state/inventory with $name in each group given
+  local group
+  mkdir -p "$state/inventory/group_vars"
+  cp -r molecule/shared/group_vars/all "$state/inventory/group_vars/all"
+  {
+    echo "all:"
+    echo "  vars: {ansible_connection: containers.podman.podman}"
+    echo "  children:"
+    for group in "$@"; do echo "    $group: {hosts: {$name: {}}}"; done
+  } >"$state/inventory/hosts.yml"
+}
+
+bench_host() {  # a fresh systemd test host named $name
+  podman rm -f -t 0 "$name" >/dev/null 2>&1 || true
+  podman run -d --name "$name" --hostname "$name" --runtime runc --privileged --systemd always \
+    "$TEST_IMAGE_REPO:bookworm" /sbin/init >/dev/null
+  podman exec "$name" systemctl is-system-running --wait >/dev/null 2>&1 || true
+}

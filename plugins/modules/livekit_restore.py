@@ -131,23 +131,28 @@ def fetch(module, params):
     store = lb.Store(lb.s3_client(**lb.s3_settings(params)), params["bucket"], params["prefix"], params["host"])
     work = params["work_dir"]
     dest = tempfile.mkdtemp(prefix="check-") if module.check_mode else os.path.join(work, "fetched")
+    ok = False
     try:
         if not module.check_mode:
             os.makedirs(work, 0o700, exist_ok=True)
             os.chmod(work, 0o700)
+            if os.path.exists(os.path.join(work, "fetched.json")):
+                os.unlink(os.path.join(work, "fetched.json"))
             if os.path.isdir(dest):
                 shutil.rmtree(dest)
         manifest = lb.find_backup(store, params["backup"])
         got = lb.fetch_backup(store, manifest, params["identity"], dest, age)
         with open(os.path.join(work if not module.check_mode else dest, "fetched.json"), "w") as handle:
             json.dump(dict(manifest=manifest, unpacked=got["unpacked"]), handle)
+        ok = True
     except (lb.BackupError, OSError) as err:
         module.fail_json(msg="%s; nothing outside %s was changed" % (err, work))
     except (lb.BotoCoreError, lb.ClientError) as err:
         module.fail_json(msg="cannot read the backup from s3://%s/%s: %s; nothing was changed"
                          % (params["bucket"], store.base, lb.describe_s3_error(err)))
     finally:
-        if module.check_mode:
+        # A refused archive may have been partly decrypted: leave none of it behind.
+        if module.check_mode or not ok:
             shutil.rmtree(dest, ignore_errors=True)
     module.exit_json(changed=not module.check_mode, manifest=manifest, members=len(got["inner"]["members"]),
                      unpacked=None if module.check_mode else got["unpacked"])
@@ -207,14 +212,20 @@ def main():
     else:
         # reverted / committed: only a restore that was applied and not yet settled has work to do.
         pending = os.path.exists(os.path.join(params["aside_dir"], lb.JOURNAL))
+        fetched = [os.path.join(params["work_dir"], name) for name in ("fetched", "fetched.json")]
+        leftovers = any(os.path.exists(path) for path in fetched)
         targets = []
         if pending and not module.check_mode:
             if state == "reverted":
                 targets = lb.revert_restore(params["aside_dir"])
             else:
                 lb.commit_restore(params["aside_dir"])
-                shutil.rmtree(os.path.join(params["work_dir"], "fetched"), ignore_errors=True)
-        module.exit_json(changed=pending, targets=targets)
+        if leftovers and not module.check_mode:
+            # What is left of the decrypted backup (it holds keys): not needed either way.
+            shutil.rmtree(fetched[0], ignore_errors=True)
+            if os.path.exists(fetched[1]):
+                os.unlink(fetched[1])
+        module.exit_json(changed=pending or leftovers, targets=targets)
 
 
 if __name__ == "__main__":

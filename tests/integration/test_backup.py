@@ -218,6 +218,25 @@ def test_backup_killed_mid_upload_leaves_no_manifest_and_latest_alone(hosts, s3)
     SEEN["killed_id"] = killed_id
 
 
+def test_large_archive_goes_up_in_checked_parts_and_comes_back(hosts, s3):
+    node = hosts[A]
+    node.sh("mkdir -p /var/lib/lkt-big && head -c 40M /dev/urandom > /var/lib/lkt-big/blob")
+    blob = sha(node, "/var/lib/lkt-big/blob")
+    result = run_playbook("backup.yml", "--limit", A, "-e", '{"livekit_backup_extra_paths": ["/var/lib/lkt-big"]}',
+                          "-e", "livekit_backup_part_size=5")
+    assert result.returncode == 0, output(result)[-3000:]
+    manifest = get_json(s3, latest(s3)["manifest"])
+    assert manifest["archive"]["parts"] == 9, manifest["archive"]  # 40 MiB of noise, 5 MiB parts
+    head = s3.head_object(Bucket=BUCKET, Key=manifest["archive"]["key"])
+    assert head["ETag"].strip('"').endswith("-9") and head["ContentLength"] == manifest["archive"]["size"]
+    raw = s3.get_object(Bucket=BUCKET, Key=manifest["archive"]["key"])["Body"].read()
+    assert hashlib.sha256(raw).hexdigest() == manifest["archive"]["sha256"]
+    plain = subprocess.run(["age", "--decrypt", "--identity", str(IDENTITY)], input=raw, capture_output=True,
+                           check=True, timeout=120).stdout
+    with tarfile.open(fileobj=io.BytesIO(plain), mode="r:gz") as tar:
+        assert hashlib.sha256(tar.extractfile("files/var/lib/lkt-big/blob").read()).hexdigest() == blob
+
+
 def test_retention_prunes_old_backups_but_never_the_newest_good_one(hosts, s3):
     good_before = backups(s3)[1]
     assert len(good_before) >= 2
@@ -273,6 +292,8 @@ def test_restore_refuses_broken_backups_and_leaves_live_data_alone(hosts, s3, tm
     assert result.returncode != 0 and "cannot decrypt" in output(result), output(result)[-2000:]
     assert live_state(node) == before
     assert node.sh("test -e /var/lib/livekit-restore/aside", check=False).returncode != 0
+    assert node.sh("test -e /var/lib/livekit-restore/fetched", check=False).returncode != 0, \
+        "a refused backup left decrypted files behind"
 
 
 def test_restore_in_place_brings_back_the_backed_up_state(hosts, api_key, api_secret):
@@ -287,8 +308,8 @@ def test_restore_in_place_brings_back_the_backed_up_state(hosts, api_key, api_se
     new_pids = pids(node)
     assert new_pids[0] != old_pids[0] and new_pids[1] != old_pids[1], "services were not restarted on the restored data"
     assert accepted(node, api_key, api_secret)
-    assert node.sh("test -e /var/lib/livekit-restore/aside", check=False).returncode != 0
-    assert '"rpo_seconds"' in result.stdout or "rpo_seconds" in result.stdout
+    assert node.sh("ls -A /var/lib/livekit-restore").stdout.strip() == "", "the restore left files behind"
+    assert "rpo_seconds" in result.stdout
 
 
 def test_failed_restore_puts_the_live_data_back(hosts, api_key, api_secret):
@@ -302,7 +323,7 @@ def test_failed_restore_puts_the_live_data_back(hosts, api_key, api_secret):
     assert redis_values(node, ["lkt:live-only"]) == ["keep-me"]
     assert node.sh("systemctl is-active livekit-server redis-server").stdout.split() == ["active", "active"]
     assert wait_until(lambda: accepted(node, api_key, api_secret), 30)
-    assert node.sh("test -e /var/lib/livekit-restore/aside", check=False).returncode != 0
+    assert node.sh("ls -A /var/lib/livekit-restore").stdout.strip() == "", "the failed restore left files behind"
 
 
 def test_redis_kill_9_loses_at_most_a_second_of_acknowledged_writes(hosts):

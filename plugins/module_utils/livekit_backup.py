@@ -225,7 +225,6 @@ def redis_snapshot(redis, data_dir, dest, timeout=600, clock=time.monotonic, sle
                           "log and free space in %s" % (info.get("rdb_last_bgsave_status"), data_dir))
     server = redis.info("server")
     keyspace = redis.info("keyspace")
-    config_dir = data_dir
     rdb_name = "dump.rdb"
     try:
         rdb_name = redis.command("CONFIG", "GET", "dbfilename")[1] or rdb_name
@@ -233,7 +232,7 @@ def redis_snapshot(redis, data_dir, dest, timeout=600, clock=time.monotonic, sle
         pass  # CONFIG may be renamed away; the default name then applies
     os.makedirs(dest, 0o700, exist_ok=True)
     # Redis replaces the RDB by rename, so the file we open is one whole snapshot.
-    shutil.copy2(os.path.join(config_dir, rdb_name), os.path.join(dest, rdb_name))
+    shutil.copy2(os.path.join(data_dir, rdb_name), os.path.join(dest, rdb_name))
     aof = _copy_aof(redis, data_dir, dest, clock, sleep, deadline)
     return dict(
         redis_version=server.get("redis_version"),
@@ -451,9 +450,10 @@ class Store:
                                ContentMD5=base64.b64encode(hashlib.md5(body).digest()).decode(),
                                **(extra or {}))
         back = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-        if hashlib.sha256(back).digest() != hashlib.sha256(body).digest():
+        digest = hashlib.sha256(body).hexdigest()
+        if hashlib.sha256(back).hexdigest() != digest:
             raise BackupError("s3://%s/%s reads back different from what was written" % (self.bucket, key))
-        return hashlib.sha256(body).hexdigest()
+        return digest
 
     def get_json(self, key):
         try:

@@ -9,7 +9,8 @@ stages=("$@")
 [ ${#stages[@]} -gt 0 ] || stages=(lint sanity unit bad_input default backup cluster)
 
 bash scripts/setup.sh
-bash scripts/cleanup.sh
+# LKT_NO_CLEANUP=1 keeps other scenarios' containers (when two stages are developed side by side).
+[ "${LKT_NO_CLEANUP:-0}" = 1 ] || bash scripts/cleanup.sh
 
 # Per-run secrets and state: nothing secret lives in the repository.
 LKT_STATE_DIR=$(mktemp -d "${TMPDIR:-/tmp}/lkt-state.XXXXXX")

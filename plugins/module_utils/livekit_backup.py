@@ -132,13 +132,28 @@ class Lock:
 
 class Redis:
     """A minimal RESP client: enough for AUTH, LASTSAVE, BGSAVE and INFO. The password travels
-    only inside the connection, never in a process's arguments."""
+    only inside the connection, never in a process's arguments. With ``unix_socket`` it talks to
+    Redis through that socket (the redis role's default: Redis with TLS has no plaintext TCP
+    listener), otherwise over TCP to ``host``:``port``."""
 
-    def __init__(self, host="127.0.0.1", port=6379, password="", timeout=10):
+    def __init__(self, host="127.0.0.1", port=6379, password="", timeout=10, unix_socket=None):
         self.host, self.port, self.password, self.timeout = host, port, password, timeout
+        self.unix_socket = unix_socket or None
+
+    def _connect(self):
+        if not self.unix_socket:
+            return socket.create_connection((self.host, self.port), timeout=self.timeout)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.unix_socket)
+        except OSError as err:
+            sock.close()
+            raise BackupError("cannot connect to Redis at %s: %s" % (self.unix_socket, err))
+        return sock
 
     def command(self, *args):
-        with socket.create_connection((self.host, self.port), timeout=self.timeout) as sock:
+        with self._connect() as sock:
             reader = sock.makefile("rb")
             if self.password:
                 sock.sendall(self._encode("AUTH", self.password))
@@ -660,7 +675,7 @@ def run_backup(cfg, store=None, now=None, clock=time.monotonic):
             if cfg["redis"]:
                 redis_cfg = cfg["redis"]
                 redis = Redis(redis_cfg.get("host", "127.0.0.1"), int(redis_cfg.get("port", 6379)),
-                              redis_cfg.get("password") or "")
+                              redis_cfg.get("password") or "", unix_socket=redis_cfg.get("socket"))
                 redis_facts = redis_snapshot(redis, redis_cfg.get("dir", "/var/lib/redis"),
                                              os.path.join(work, "redis"), cfg["redis_timeout"])
                 staging["redis"] = os.path.join(work, "redis")

@@ -47,13 +47,20 @@ options:
     type: dict
     suboptions:
       host:
-        description: Address Redis listens on.
+        description: Address Redis listens on (used only without O(redis.socket)).
         type: str
         default: 127.0.0.1
       port:
-        description: Redis port.
+        description: Redis port (used only without O(redis.socket)).
         type: int
         default: 6379
+      socket:
+        description:
+          - Redis's unix socket. When set the backup connects through it instead of O(redis.host) and
+            O(redis.port) (a Redis with TLS has no plaintext TCP listener).
+          - The redis role always creates C(/run/redis/redis-server.sock).
+        type: path
+        version_added: 0.4.0
       password:
         description: Password of the default user. Sent inside the connection only.
         type: str
@@ -142,6 +149,7 @@ EXAMPLES = r"""
     access_key: "{{ vault_backup_access_key }}"
     secret_key: "{{ vault_backup_secret_key }}"
     redis:
+      socket: /run/redis/redis-server.sock
       password: "{{ vault_redis_password }}"
   no_log: true
   register: backup
@@ -245,6 +253,7 @@ def main():
         redis=dict(type="dict", options=dict(
             host=dict(type="str", default="127.0.0.1"),
             port=dict(type="int", default=6379),
+            socket=dict(type="path"),
             password=dict(type="str", no_log=True),
             dir=dict(type="path", default="/var/lib/redis"),
         )),

@@ -41,15 +41,21 @@ def s3(hosts):
                         aws_secret_access_key=os.environ["LKT_S3_SECRET_KEY"])
 
 
+# Local clients use Redis's unix socket (with TLS, Redis has no plaintext TCP listener at all).
+REDIS_SOCKET = "/run/redis/redis-server.sock"
+
+
 def redis(node: Node, *args: str) -> str:
     """redis-cli inside the host; the password goes through the environment, not argv."""
-    return subprocess.run(["podman", "exec", "-e", "REDISCLI_AUTH", node.name, "redis-cli", "--no-raw", *args],
+    return subprocess.run(["podman", "exec", "-e", "REDISCLI_AUTH", node.name, "redis-cli", "-s", REDIS_SOCKET,
+                           "--no-raw", *args],
                           capture_output=True, text=True, check=True, timeout=60,
                           env=dict(os.environ, REDISCLI_AUTH=os.environ["LKT_REDIS_PASSWORD"])).stdout.strip()
 
 
 def redis_values(node: Node, keys: list[str]) -> list[str | None]:
-    out = subprocess.run(["podman", "exec", "-e", "REDISCLI_AUTH", node.name, "redis-cli", "--raw", "MGET", *keys],
+    out = subprocess.run(["podman", "exec", "-e", "REDISCLI_AUTH", node.name, "redis-cli", "-s", REDIS_SOCKET,
+                          "--raw", "MGET", *keys],
                          capture_output=True, text=True, check=True, timeout=60,
                          env=dict(os.environ, REDISCLI_AUTH=os.environ["LKT_REDIS_PASSWORD"])).stdout
     return [line or None for line in out.split("\n")[:len(keys)]]

@@ -106,7 +106,7 @@ def test_relay_only_client_gets_media_through_embedded_turn(node: Node, api_key:
 
 def test_redis_persists_with_rdb_and_aof(node: Node) -> None:
     def redis(*args: str) -> str:
-        cmd = "REDISCLI_AUTH=$(sed -n 's/^requirepass //p' /etc/redis/redis.conf) redis-cli --no-raw " + " ".join(args)
+        cmd = "REDISCLI_AUTH=$(sed -n 's/^requirepass //p' /etc/redis/redis.conf) redis-cli -s /run/redis/redis-server.sock --no-raw " + " ".join(args)
         return node.sh(cmd).stdout.strip()
 
     assert redis("CONFIG GET appendonly").splitlines()[-1].endswith('"yes"')

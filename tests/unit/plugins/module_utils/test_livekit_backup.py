@@ -198,3 +198,95 @@ def test_status_file_and_textfile_record_the_last_success(tmp_path):
     assert recorded["last_success"] == 1000 and recorded["last_attempt"] == 2000 and not recorded["last_attempt_ok"]
     text = open(textfile).read()
     assert "livekit_backup_last_success_timestamp_seconds 1000" in text and "livekit_backup_last_attempt_ok 0" in text
+
+
+class FakeRedis:
+    """A RESP server on a unix socket or loopback TCP that records the commands it gets: AUTH with
+    the right password answers +OK, anything else before AUTH is refused, like requirepass."""
+
+    def __init__(self, family, address, password):
+        import socket
+        self.password, self.commands = password, []
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.bind(address)
+        self.sock.listen(4)
+        self.address = self.sock.getsockname()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, dummy = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                reader, authed = conn.makefile("rb"), False
+                while True:
+                    line = reader.readline()
+                    if not line:
+                        break
+                    args = []
+                    for dummy in range(int(line[1:-2])):
+                        size = int(reader.readline()[1:-2])
+                        args.append(reader.read(size + 2)[:-2].decode())
+                    self.commands.append(args)
+                    if args[0] == "AUTH":
+                        authed = args[1] == self.password
+                        conn.sendall(b"+OK\r\n" if authed else b"-WRONGPASS invalid password\r\n")
+                    elif not authed:
+                        conn.sendall(b"-NOAUTH Authentication required.\r\n")
+                    else:
+                        info = b"# Server\r\nredis_version:7.0.15"
+                        conn.sendall(b"$%d\r\n%s\r\n" % (len(info), info))
+
+    def close(self):
+        self.sock.close()
+
+
+def test_redis_client_talks_through_the_unix_socket(tmp_path):
+    import socket
+    path = str(tmp_path / "redis.sock")
+    server = FakeRedis(socket.AF_UNIX, path, "pw-" + "x" * 20)
+    try:
+        # host/port point nowhere: only the socket can answer.
+        client = lb.Redis("192.0.2.1", 1, "pw-" + "x" * 20, timeout=2, unix_socket=path)
+        assert client.info("server") == {"redis_version": "7.0.15"}
+        assert server.commands == [["AUTH", "pw-" + "x" * 20], ["INFO", "server"]]
+        with pytest.raises(lb.BackupError, match="Redis refused: NOAUTH"):
+            lb.Redis(unix_socket=path, password="", timeout=2).command("INFO")
+    finally:
+        server.close()
+
+
+def test_redis_client_names_a_missing_socket(tmp_path):
+    with pytest.raises(lb.BackupError, match="cannot connect to Redis at .*missing.sock"):
+        lb.Redis(unix_socket=str(tmp_path / "missing.sock"), timeout=2).command("PING")
+
+
+def test_redis_client_uses_tcp_without_a_socket():
+    import socket
+    server = FakeRedis(socket.AF_INET, ("127.0.0.1", 0), "secret")
+    try:
+        client = lb.Redis("127.0.0.1", server.address[1], "secret", timeout=2, unix_socket="")
+        assert client.info()["redis_version"] == "7.0.15"
+    finally:
+        server.close()
+
+
+def test_run_backup_passes_the_socket_to_the_redis_client(monkeypatch, tmp_path):
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_snapshot(redis, *args):
+        seen.update(socket=redis.unix_socket, host=redis.host, port=redis.port)
+        raise Stop()
+
+    monkeypatch.setattr(lb, "redis_snapshot", fake_snapshot)
+    cfg = dict(redis={"socket": "/run/redis/redis-server.sock", "port": 6379, "password": "p", "dir": "/x"},
+               spool_dir=str(tmp_path / "spool"), lock_file=str(tmp_path / "lock"), recipients=["age1x"])
+    with pytest.raises(Stop):
+        lb.run_backup(cfg, store=object())
+    assert seen == {"socket": "/run/redis/redis-server.sock", "host": "127.0.0.1", "port": 6379}

@@ -31,6 +31,56 @@ def tampered_artifacts(tmp: pathlib.Path) -> str:
     return str(dst)
 
 
+def tls_files(tmp: pathlib.Path) -> dict[str, str]:
+    """PEM files for the Redis TLS cases: a CA, a certificate from it with its key, another key, an
+    expired certificate and one from a different CA (made here with cryptography, the library the
+    controller's community.crypto uses)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    out: dict[str, str] = {}
+
+    def save(name: str, data: bytes) -> None:
+        (tmp / name).write_bytes(data)
+        out[name] = str(tmp / name)
+
+    def key() -> ec.EllipticCurvePrivateKey:
+        return ec.generate_private_key(ec.SECP256R1())
+
+    def pem_key(k) -> bytes:
+        return k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                               serialization.NoEncryption())
+
+    def cert(subject: str, k, issuer: str, issuer_key, days: tuple[int, int], ca: bool = False) -> bytes:
+        builder = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                   .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+                   .public_key(k.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now + datetime.timedelta(days=days[0]))
+                   .not_valid_after(now + datetime.timedelta(days=days[1]))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        return builder.sign(issuer_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+    ca_key, other_ca_key, redis_key = key(), key(), key()
+    save("ca.crt", cert("test CA", ca_key, "test CA", ca_key, (-1, 30), ca=True))
+    save("redis.key", pem_key(redis_key))
+    save("redis.crt", cert("redis", redis_key, "test CA", ca_key, (-1, 30)))
+    save("other.key", pem_key(key()))
+    save("expired.crt", cert("redis", redis_key, "test CA", ca_key, (-30, -1)))
+    save("foreign.crt", cert("redis", redis_key, "other CA", other_ca_key, (-1, 30)))
+    return out
+
+
+def redis_tls(cert: str = "redis.crt", key: str = "redis.key", ca: str = "ca.crt") -> dict:
+    return {"redis_tls_enabled": True, "redis_tls_cert_file": f"@tls:{cert}", "redis_tls_key_file": f"@tls:{key}",
+            "redis_tls_ca_file": f"@tls:{ca}"}
+
+
 # (case id, extra vars, text the error must contain)
 CASES = [
     ("udp-range-reversed", {"livekit_server_rtc_port_range_start": 60000, "livekit_server_rtc_port_range_end": 50000},
@@ -42,6 +92,17 @@ CASES = [
     ("remote-redis-without-password",
      {"livekit_server_redis_address": "10.0.0.5:6379", "livekit_server_redis_password": ""},
      "livekit_server_redis_password"),
+    ("redis-on-the-network-in-plaintext", {"redis_bind": ["127.0.0.1", "10.0.0.5"]}, "redis_tls_plaintext_ok"),
+    ("remote-redis-in-plaintext", {"livekit_server_redis_address": "10.0.0.5:6379"},
+     "livekit_server_redis_plaintext_ok"),
+    ("redis-tls-without-files", {"redis_tls_enabled": True, "redis_tls_cert_file": "/nonexistent/redis.crt"},
+     "redis_tls_cert_file"),
+    ("redis-tls-key-of-another-certificate", redis_tls(key="other.key"), "is not the key of redis_tls_cert_file"),
+    ("redis-tls-expired-certificate", redis_tls(cert="expired.crt"), "expired.crt) expired on"),
+    ("redis-tls-certificate-from-another-ca", redis_tls(cert="foreign.crt"), "was not issued by redis_tls_ca_file"),
+    ("livekit-redis-tls-ca-missing",
+     {"livekit_server_redis_tls": True, "livekit_server_redis_tls_ca_file": "/nonexistent/ca.crt"},
+     "livekit_server_redis_tls_ca_file"),
     ("unknown-version", {"livekit_server_version": "latest"}, "livekit_server_version"),
     ("tcp-port-collision", {"livekit_server_prometheus_port": 7880}, "livekit_server_prometheus_port"),
     ("turn-udp-inside-media-range", {"livekit_server_turn_udp_port": 50050}, "livekit_server_turn_udp_port"),
@@ -79,7 +140,9 @@ def run_site(extra: dict, tmp: pathlib.Path) -> subprocess.CompletedProcess:
 def test_bad_setting_fails_before_any_change(
     host: Node, snapshot_before: str, tmp_path: pathlib.Path, extra: dict, expected: str
 ) -> None:
-    extra = {k: (tampered_artifacts(tmp_path) if v == "@tampered" else v) for k, v in extra.items()}
+    tls = tls_files(tmp_path) if any(str(v).startswith("@tls:") for v in extra.values()) else {}
+    extra = {k: (tampered_artifacts(tmp_path) if v == "@tampered" else tls[v[5:]] if str(v).startswith("@tls:") else v)
+             for k, v in extra.items()}
     run = run_site(extra, tmp_path)
     output = run.stdout + run.stderr
     assert run.returncode != 0, output[-3000:]

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite: lint, sanity, unit tests, then molecule scenarios on real test hosts,
 # cheapest first so the quick failures show up early. Installs what it needs (scripts/setup.sh).
-# Usage: scripts/test.sh [stage...]   stages: lint sanity unit bad_input default backup cluster  (default: all)
+# Usage: scripts/test.sh [stage...]   stages: lint sanity unit bad_input tls default backup cluster  (default: all)
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(lint sanity unit bad_input default backup cluster)
+[ ${#stages[@]} -gt 0 ] || stages=(lint sanity unit bad_input tls default backup cluster)
 
 bash scripts/setup.sh
 # LKT_NO_CLEANUP=1 keeps other scenarios' containers (when two stages are developed side by side).
@@ -87,8 +87,8 @@ for stage in "${stages[@]}"; do
     lint) run_stage lint stage_lint ;;
     sanity) run_stage sanity stage_sanity ;;
     unit) run_stage unit stage_unit ;;
-    bad_input|default|backup|cluster) run_stage "molecule:$stage" bash -c "$(declare -f stage_molecule); stage_molecule $stage" ;;
-    *) die "unknown stage $stage (lint sanity unit bad_input default backup cluster)" ;;
+    bad_input|tls|default|backup|cluster) run_stage "molecule:$stage" bash -c "$(declare -f stage_molecule); stage_molecule $stage" ;;
+    *) die "unknown stage $stage (lint sanity unit bad_input tls default backup cluster)" ;;
   esac
 done
 

@@ -160,11 +160,15 @@ def unit_state(node: Node) -> str:
 class Participant:
     """A real client that joins, optionally publishes, and stays until told to hang up (<= 400 s)."""
 
-    def __init__(self, node: Node, room: str, identity: str, key: str, secret: str, publish: bool = False):
-        env = dict(os.environ, LIVEKIT_API_KEY=key, LIVEKIT_API_SECRET=secret)
+    def __init__(self, node: Node, room: str, identity: str, key: str, secret: str, publish: bool = False,
+                 url: str | None = None, wrap: list[str] | None = None, extra_env: dict | None = None):
+        """url: another signalling URL than the node's ws:// (e.g. wss:// through the proxy); wrap: a
+        command prefix (e.g. a private /etc/hosts); extra_env: e.g. SSL_CERT_FILE for a test CA."""
+        env = dict(os.environ, LIVEKIT_API_KEY=key, LIVEKIT_API_SECRET=secret, **(extra_env or {}))
         self.proc = subprocess.Popen(
-            [sys.executable, str(PARTICIPANT), "--url", node.ws, "--room", room, "--timeout", "450",
-             "stay", "--identity", identity, "--seconds", "400", *(["--publish"] if publish else [])],
+            [*(wrap or []), sys.executable, str(PARTICIPANT), "--url", url or node.ws, "--room", room,
+             "--timeout", "450", "stay", "--identity", identity, "--seconds", "400",
+             *(["--publish"] if publish else [])],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
         )
         first = json.loads(self.proc.stdout.readline() or "{}")

@@ -1,0 +1,229 @@
+"""TLS on every client path of a node behind the livekit_proxy role (molecule/tls).
+
+lkt-acme runs Pebble (Debian's package), a real ACME CA; certbot on lkt-tls obtained the
+certificate for lk.lkt.test and turn.lkt.test from it over HTTP-01. The tests talk to lkt-tls as
+clients would: wss:// signalling through nginx, TURN over TLS on 443 by SNI, browsers' CORS, and
+the plain ports that must stay shut. Names resolve through a private /etc/hosts (a mount
+namespace per client process), so the controller's own resolver is never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import secrets
+import socket
+import ssl
+import struct
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import PARTICIPANT, Node, Participant, load_nodes, wait_until
+
+DOMAIN = "lk.lkt.test"  # molecule/tls/group_vars/all/tls.yml
+TURN_DOMAIN = "turn.lkt.test"
+ALLOWED_ORIGIN = "https://app.lkt.test"
+RENEWAL_CONF = "/etc/letsencrypt/renewal/livekit.conf"
+
+
+@pytest.fixture(scope="module")
+def tls_node(request: pytest.FixtureRequest) -> Node:
+    nodes = load_nodes(request.config.getoption("--hosts-dir"))
+    return next(n for n in nodes if n.name == "lkt-tls")
+
+
+@pytest.fixture(scope="module")
+def acme(request: pytest.FixtureRequest) -> Node:
+    nodes = load_nodes(request.config.getoption("--hosts-dir"))
+    return next(n for n in nodes if n.name == "lkt-acme")
+
+
+@pytest.fixture(scope="module")
+def pebble_root(acme: Node, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The root Pebble signs with (it makes a new one each time it starts)."""
+    pem = acme.sh("curl -sf --cacert /etc/pebble/api-ca.crt https://localhost:15000/roots/0").stdout
+    assert "BEGIN CERTIFICATE" in pem
+    path = tmp_path_factory.mktemp("pebble") / "root.pem"
+    path.write_text(pem)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def resolve(tls_node: Node, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """A command prefix that runs a client with both names resolving to lkt-tls."""
+    hosts = tmp_path_factory.mktemp("hosts") / "hosts"
+    hosts.write_text(f"127.0.0.1 localhost\n{tls_node.ip} {DOMAIN} {TURN_DOMAIN}\n")
+    return ["unshare", "--mount", "--", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts)]
+
+
+def served_certificate(ip: str, name: str, cafile: str) -> dict:
+    """The certificate 443 presents for an SNI name, verified against cafile for that name."""
+    context = ssl.create_default_context(cafile=cafile)
+    with socket.create_connection((ip, 443), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=name) as tls:
+            cert = tls.getpeercert()
+    return {"serial": cert["serialNumber"], "not_after": cert["notAfter"],
+            "names": sorted(v for k, v in cert["subjectAltName"] if k == "DNS"),
+            "issuer": dict(x[0] for x in cert["issuer"])}
+
+
+def stun_binding(sock: ssl.SSLSocket) -> bool:
+    """Send a STUN Binding request on a TURN/TLS stream; True when TURN answers it."""
+    transaction = secrets.token_bytes(12)
+    sock.sendall(struct.pack("!HHI", 0x0001, 0, 0x2112A442) + transaction)
+    header = b""
+    while len(header) < 20:
+        chunk = sock.recv(20 - len(header))
+        if not chunk:
+            return False
+        header += chunk
+    kind, length, cookie = struct.unpack("!HHI", header[:8])
+    body = b""
+    while len(body) < length:
+        body += sock.recv(length - len(body))
+    return kind == 0x0101 and cookie == 0x2112A442 and header[8:20] == transaction
+
+
+def turn_tls(ip: str, cafile: str) -> ssl.SSLSocket:
+    context = ssl.create_default_context(cafile=cafile)
+    raw = socket.create_connection((ip, 443), timeout=10)
+    return context.wrap_socket(raw, server_hostname=TURN_DOMAIN)
+
+
+def curl(node: Node, *args: str, resolve_to: str | None = None, cafile: str | None = None) -> tuple[str, dict]:
+    """(status line, lowercased headers) of a request from the controller, headers only."""
+    cmd = ["curl", "-s", "-o", "/dev/null", "-D", "-", "--max-time", "10"]
+    if resolve_to:
+        cmd += ["--resolve", f"{DOMAIN}:443:{resolve_to}"]
+    if cafile:
+        cmd += ["--cacert", cafile]
+    out = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=30, check=False).stdout
+    lines = out.replace("\r", "").split("\n")
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            name, value = line.split(":", 1)
+            headers[name.strip().lower()] = value.strip()
+    return lines[0], headers
+
+
+def test_certificate_from_the_acme_ca_on_443_for_both_names(tls_node: Node, pebble_root: str) -> None:
+    signalling = served_certificate(tls_node.ip, DOMAIN, pebble_root)
+    turn = served_certificate(tls_node.ip, TURN_DOMAIN, pebble_root)
+    assert signalling["names"] == sorted([DOMAIN, TURN_DOMAIN])
+    assert "Pebble" in signalling["issuer"].get("commonName", ""), signalling
+    assert turn["serial"] == signalling["serial"]
+
+
+def test_untrusted_clients_are_refused(tls_node: Node) -> None:
+    """Control: the checks above really verify the chain (the system roots do not know Pebble)."""
+    with pytest.raises(ssl.SSLCertVerificationError):
+        served_certificate(tls_node.ip, DOMAIN, cafile=None)
+
+
+def test_real_client_joins_over_wss(tls_node: Node, pebble_root: str, resolve: list[str],
+                                    api_key: str, api_secret: str) -> None:
+    env = dict(os.environ, LIVEKIT_API_KEY=api_key, LIVEKIT_API_SECRET=api_secret, SSL_CERT_FILE=pebble_root)
+    run = subprocess.run(
+        [*resolve, sys.executable, str(PARTICIPANT), "--url", f"wss://{DOMAIN}", "--room", "tls-call",
+         "--timeout", "90", "call", "--seconds", "6"],
+        capture_output=True, text=True, env=env, timeout=120, check=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["video_frames_received"] > 0 and result["audio_frames_received"] > 0
+
+
+def test_plain_signalling_is_not_reachable(tls_node: Node) -> None:
+    # livekit-server's own port is closed to the network: only nginx on this host reaches it.
+    with pytest.raises(OSError):
+        socket.create_connection((tls_node.ip, tls_node.port), timeout=3).close()
+    # ws:// on port 80 gets a redirect to https, never a WebSocket.
+    status, headers = curl(tls_node, "-H", "Connection: Upgrade", "-H", "Upgrade: websocket",
+                           "-H", "Sec-WebSocket-Version: 13", "-H", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+                           "-H", f"Host: {DOMAIN}", f"http://{tls_node.ip}/rtc")
+    assert " 301" in status, status
+    assert headers.get("location") == f"https://{DOMAIN}/rtc"
+    # The plain TURN port behind the SNI proxy is not reachable either.
+    with pytest.raises(OSError):
+        socket.create_connection((tls_node.ip, 5349), timeout=3).close()
+
+
+def test_cors_allows_exactly_the_listed_origin(tls_node: Node, pebble_root: str) -> None:
+    url = f"https://{DOMAIN}/twirp/livekit.RoomService/ListRooms"
+    preflight = ["-X", "OPTIONS", "-H", "Access-Control-Request-Method: POST",
+                 "-H", "Access-Control-Request-Headers: authorization, content-type"]
+    status, ok = curl(tls_node, *preflight, "-H", f"Origin: {ALLOWED_ORIGIN}", url,
+                      resolve_to=tls_node.ip, cafile=pebble_root)
+    assert " 204" in status, status
+    assert ok.get("access-control-allow-origin") == ALLOWED_ORIGIN
+    assert "POST" in ok.get("access-control-allow-methods", "")
+    for origin in ("https://evil.example", "https://app.lkt.test.evil.example", "http://app.lkt.test"):
+        status, denied = curl(tls_node, *preflight, "-H", f"Origin: {origin}", url,
+                              resolve_to=tls_node.ip, cafile=pebble_root)
+        assert "access-control-allow-origin" not in denied, (origin, denied)
+        assert "access-control-allow-methods" not in denied, (origin, denied)
+    # livekit-server itself answers "Access-Control-Allow-Origin: *"; the proxy must not pass it on.
+    status, proxied = curl(tls_node, "-H", "Origin: https://evil.example", f"https://{DOMAIN}/rtc/validate",
+                           resolve_to=tls_node.ip, cafile=pebble_root)
+    assert " 401" in status, status  # it reached livekit-server (no token)
+    assert "access-control-allow-origin" not in proxied, proxied
+    status, proxied = curl(tls_node, "-H", f"Origin: {ALLOWED_ORIGIN}", f"https://{DOMAIN}/rtc/validate",
+                           resolve_to=tls_node.ip, cafile=pebble_root)
+    assert proxied.get("access-control-allow-origin") == ALLOWED_ORIGIN
+
+
+def test_turn_answers_over_tls_on_443(tls_node: Node, pebble_root: str) -> None:
+    with turn_tls(tls_node.ip, pebble_root) as sock:
+        assert stun_binding(sock)
+
+
+def test_renewal_on_the_timer_reaches_443_without_cutting_a_call(
+    tls_node: Node, pebble_root: str, resolve: list[str], api_key: str, api_secret: str, people: list
+) -> None:
+    before = served_certificate(tls_node.ip, DOMAIN, pebble_root)
+    server_pid = tls_node.sh("systemctl show -p MainPID --value livekit-server").stdout.strip()
+    env = {"SSL_CERT_FILE": pebble_root}
+    url = f"wss://{DOMAIN}"
+    alice = Participant(tls_node, "renewal", "alice", api_key, api_secret, publish=True, url=url, wrap=resolve, extra_env=env)
+    people.append(alice)
+    bob = Participant(tls_node, "renewal", "bob", api_key, api_secret, url=url, wrap=resolve, extra_env=env)
+    people.append(bob)
+    held_turn = turn_tls(tls_node.ip, pebble_root)  # a TURN/TLS stream open across the renewal
+    assert stun_binding(held_turn)
+    time.sleep(3)
+    try:
+        # Make the certificate due, then let certbot's own timer unit renew it as it would at night.
+        tls_node.sh(f"sed -i 's/^renew_before_expiry.*/renew_before_expiry = 3650 days/' {RENEWAL_CONF}")
+        renewal = tls_node.sh("systemctl start certbot.service; systemctl show -p Result --value certbot.service",
+                              check=False)
+        assert renewal.stdout.strip() == "success", renewal.stdout + renewal.stderr
+    finally:
+        tls_node.sh(f"sed -i 's/^renew_before_expiry.*/renew_before_expiry = 30 days/' {RENEWAL_CONF}")
+    after = wait_until(lambda: (c := served_certificate(tls_node.ip, DOMAIN, pebble_root))["serial"] != before["serial"] and c,
+                       timeout=30)
+    assert after, "443 still serves the old certificate after the renewal"
+    assert served_certificate(tls_node.ip, TURN_DOMAIN, pebble_root)["serial"] == after["serial"]
+    log = tls_node.sh("journalctl -t livekit-proxy --no-pager -o cat").stdout
+    assert "renewed; nginx reloaded" in log
+    time.sleep(5)
+    # The call and the TURN stream opened before the renewal are still there.
+    assert alice.connected() and bob.connected()
+    assert stun_binding(held_turn)
+    held_turn.close()
+    assert tls_node.sh("systemctl show -p MainPID --value livekit-server").stdout.strip() == server_pid
+    for person in (alice, bob):
+        report = person.hang_up()
+        assert report["summary"]["disconnected"] is False, report
+        assert not [e for e in report["events"] if e.get("event") == "reconnecting"], report
+    assert report["summary"]["video_frames_received"] > 0
+
+
+def test_certbot_keys_and_credentials_are_private(tls_node: Node) -> None:
+    out = tls_node.sh("stat -L -c '%a %U' /etc/letsencrypt/live/livekit/privkey.pem").stdout.split()
+    assert out == ["600", "root"], out
+    assert tls_node.sh("systemctl is-enabled certbot.timer").stdout.strip() == "enabled"

@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from conftest import PARTICIPANT, Node, Participant, load_nodes, wait_until
+from conftest import PARTICIPANT, Node, Participant, load_nodes, run_playbook, wait_until
 
 DOMAIN = "lk.lkt.test"  # molecule/tls/group_vars/all/tls.yml
 TURN_DOMAIN = "turn.lkt.test"
@@ -34,6 +34,21 @@ RENEWAL_CONF = "/etc/letsencrypt/renewal/livekit.conf"
 def tls_node(request: pytest.FixtureRequest) -> Node:
     nodes = load_nodes(request.config.getoption("--hosts-dir"))
     return next(n for n in nodes if n.name == "lkt-tls")
+
+
+@pytest.fixture(scope="module")
+def direct_node(request: pytest.FixtureRequest) -> Node:
+    nodes = load_nodes(request.config.getoption("--hosts-dir"))
+    return next(n for n in nodes if n.name == "lkt-tls-d")
+
+
+@pytest.fixture(scope="module")
+def direct_turn_ip(direct_node: Node) -> str:
+    """The second address, whose 443 is livekit-server's own TURN/TLS."""
+    addresses = direct_node.sh("ip -o -4 address show scope global | awk '{print $4}'").stdout.split()
+    others = [a.split("/")[0] for a in addresses if a.split("/")[0] != direct_node.ip]
+    assert len(others) == 1, addresses
+    return others[0]
 
 
 @pytest.fixture(scope="module")
@@ -88,10 +103,25 @@ def stun_binding(sock: ssl.SSLSocket) -> bool:
     return kind == 0x0101 and cookie == 0x2112A442 and header[8:20] == transaction
 
 
-def turn_tls(ip: str, cafile: str) -> ssl.SSLSocket:
+def turn_tls(ip: str, cafile: str, name: str = TURN_DOMAIN) -> ssl.SSLSocket:
     context = ssl.create_default_context(cafile=cafile)
     raw = socket.create_connection((ip, 443), timeout=10)
-    return context.wrap_socket(raw, server_hostname=TURN_DOMAIN)
+    return context.wrap_socket(raw, server_hostname=name)
+
+
+def force_renewal(node: Node) -> None:
+    """Make the certificate due, then let certbot's own timer unit renew it as it would at night."""
+    try:
+        node.sh(f"sed -i 's/^renew_before_expiry.*/renew_before_expiry = 3650 days/' {RENEWAL_CONF}")
+        renewal = node.sh("systemctl start certbot.service; systemctl show -p Result --value certbot.service",
+                          check=False)
+        assert renewal.stdout.strip() == "success", renewal.stdout + renewal.stderr
+    finally:
+        node.sh(f"sed -i 's/^renew_before_expiry.*/renew_before_expiry = 30 days/' {RENEWAL_CONF}")
+
+
+def main_pid(node: Node) -> str:
+    return node.sh("systemctl show -p MainPID --value livekit-server").stdout.strip()
 
 
 def curl(node: Node, *args: str, resolve_to: str | None = None, cafile: str | None = None) -> tuple[str, dict]:
@@ -186,7 +216,7 @@ def test_renewal_on_the_timer_reaches_443_without_cutting_a_call(
     tls_node: Node, pebble_root: str, resolve: list[str], api_key: str, api_secret: str, people: list
 ) -> None:
     before = served_certificate(tls_node.ip, DOMAIN, pebble_root)
-    server_pid = tls_node.sh("systemctl show -p MainPID --value livekit-server").stdout.strip()
+    server_pid = main_pid(tls_node)
     env = {"SSL_CERT_FILE": pebble_root}
     url = f"wss://{DOMAIN}"
     alice = Participant(tls_node, "renewal", "alice", api_key, api_secret, publish=True, url=url, wrap=resolve, extra_env=env)
@@ -196,14 +226,7 @@ def test_renewal_on_the_timer_reaches_443_without_cutting_a_call(
     held_turn = turn_tls(tls_node.ip, pebble_root)  # a TURN/TLS stream open across the renewal
     assert stun_binding(held_turn)
     time.sleep(3)
-    try:
-        # Make the certificate due, then let certbot's own timer unit renew it as it would at night.
-        tls_node.sh(f"sed -i 's/^renew_before_expiry.*/renew_before_expiry = 3650 days/' {RENEWAL_CONF}")
-        renewal = tls_node.sh("systemctl start certbot.service; systemctl show -p Result --value certbot.service",
-                              check=False)
-        assert renewal.stdout.strip() == "success", renewal.stdout + renewal.stderr
-    finally:
-        tls_node.sh(f"sed -i 's/^renew_before_expiry.*/renew_before_expiry = 30 days/' {RENEWAL_CONF}")
+    force_renewal(tls_node)
     after = wait_until(lambda: (c := served_certificate(tls_node.ip, DOMAIN, pebble_root))["serial"] != before["serial"] and c,
                        timeout=30)
     assert after, "443 still serves the old certificate after the renewal"
@@ -215,7 +238,7 @@ def test_renewal_on_the_timer_reaches_443_without_cutting_a_call(
     assert alice.connected() and bob.connected()
     assert stun_binding(held_turn)
     held_turn.close()
-    assert tls_node.sh("systemctl show -p MainPID --value livekit-server").stdout.strip() == server_pid
+    assert main_pid(tls_node) == server_pid  # no restart was needed
     for person in (alice, bob):
         report = person.hang_up()
         assert report["summary"]["disconnected"] is False, report
@@ -227,3 +250,46 @@ def test_certbot_keys_and_credentials_are_private(tls_node: Node) -> None:
     out = tls_node.sh("stat -L -c '%a %U' /etc/letsencrypt/live/livekit/privkey.pem").stdout.split()
     assert out == ["600", "root"], out
     assert tls_node.sh("systemctl is-enabled certbot.timer").stdout.strip() == "enabled"
+
+
+# ---- direct mode: livekit-server terminates TURN/TLS itself on 443 of its own address ----------
+
+DIRECT_DOMAIN = "lkd.lkt.test"  # molecule/tls/host_vars/lkt-tls-d.yml
+DIRECT_TURN = "turnd.lkt.test"
+
+
+def test_direct_mode_serves_signalling_and_turn_on_their_own_addresses(
+    direct_node: Node, direct_turn_ip: str, pebble_root: str
+) -> None:
+    signalling = served_certificate(direct_node.ip, DIRECT_DOMAIN, pebble_root)
+    turn = served_certificate(direct_turn_ip, DIRECT_TURN, pebble_root)
+    assert signalling["names"] == sorted([DIRECT_DOMAIN, DIRECT_TURN])
+    assert turn["serial"] == signalling["serial"]
+    listeners = direct_node.sh("ss -Hltnp 'sport = :443'").stdout
+    assert f"{direct_turn_ip}:443" in listeners and "livekit-server" in listeners, listeners
+    assert f"{direct_node.ip}:443" in listeners and "nginx" in listeners, listeners
+    with turn_tls(direct_turn_ip, pebble_root, DIRECT_TURN) as sock:
+        assert stun_binding(sock)
+
+
+def test_direct_mode_renewal_waits_for_a_drain_aware_restart(
+    direct_node: Node, direct_turn_ip: str, pebble_root: str
+) -> None:
+    """livekit-server reads its TURN certificate only at start: after a renewal, nginx serves the
+    new one at once, TURN keeps the old one and a restart is left pending, which the next converge
+    performs through the drain-aware path (here the node is idle, so it restarts at once)."""
+    before = served_certificate(direct_turn_ip, DIRECT_TURN, pebble_root)
+    pid = main_pid(direct_node)
+    force_renewal(direct_node)
+    signalling = wait_until(
+        lambda: (c := served_certificate(direct_node.ip, DIRECT_DOMAIN, pebble_root))["serial"] != before["serial"] and c,
+        timeout=30)
+    assert signalling, "nginx still serves the old certificate"
+    assert served_certificate(direct_turn_ip, DIRECT_TURN, pebble_root)["serial"] == before["serial"]
+    assert direct_node.sh("test -e /var/lib/livekit/restart-pending", check=False).returncode == 0
+    assert main_pid(direct_node) == pid
+    run = run_playbook("site.yml", "--limit", "lkt-tls-d")
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert main_pid(direct_node) != pid
+    assert served_certificate(direct_turn_ip, DIRECT_TURN, pebble_root)["serial"] == signalling["serial"]
+    assert direct_node.sh("test -e /var/lib/livekit/restart-pending", check=False).returncode != 0

@@ -24,6 +24,8 @@ from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_node im
 OLD = os.environ["LKT_UPGRADE_FROM_VERSION"]
 NEW = os.environ["LKT_UPGRADE_TO_VERSION"]
 # upgrade.yml and rollback.yml read the target release from the inventory, which reads these.
+# Redis on the Redis host speaks only TLS on the network (port 0); local clients use its socket.
+REDIS_SOCKET = "/run/redis/redis-server.sock"
 TARGET_ENV = {"LKT_LIVEKIT_VERSION": NEW, "LKT_ARTIFACT_DIR": os.environ["LKT_UPGRADE_TO_ARTIFACT_DIR"]}
 
 
@@ -58,7 +60,8 @@ def node_state(node: Node) -> str | None:
 def room_host(cluster: dict, room: str) -> str | None:
     """Name of the node LiveKit placed a room on (Redis room_node_map, node ids from list-nodes)."""
     node_id = subprocess.run(
-        ["podman", "exec", "-e", "REDISCLI_AUTH", cluster["redis"].name, "redis-cli", "HGET", "room_node_map", room],
+        ["podman", "exec", "-e", "REDISCLI_AUTH", cluster["redis"].name, "redis-cli", "-s", REDIS_SOCKET,
+         "HGET", "room_node_map", room],
         capture_output=True, text=True, timeout=30, check=True,
         env=dict(os.environ, REDISCLI_AUTH=os.environ["LKT_REDIS_PASSWORD"]),
     ).stdout.strip()

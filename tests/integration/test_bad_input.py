@@ -15,7 +15,7 @@ from conftest import REPO, Node, load_nodes
 
 SNAPSHOT = (
     "dpkg-query -W | sha256sum; getent passwd livekit || true; "
-    "ls -d /etc/livekit /opt/livekit /var/lib/livekit /etc/nftables.d /etc/redis 2>&1 || true; "
+    "ls -d /etc/livekit /opt/livekit /var/lib/livekit /etc/nftables.d /etc/redis /etc/nginx /etc/letsencrypt 2>&1 || true; "
     "sha256sum /etc/nftables.conf; ls /etc/sysctl.d /etc/systemd/system; nft list ruleset | sha256sum"
 )
 
@@ -56,7 +56,8 @@ def tls_files(tmp: pathlib.Path) -> dict[str, str]:
         return k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                serialization.NoEncryption())
 
-    def cert(subject: str, k, issuer: str, issuer_key, days: tuple[int, int], ca: bool = False) -> bytes:
+    def cert(subject: str, k, issuer: str, issuer_key, days: tuple[int, int], ca: bool = False,
+             names: tuple[str, ...] = ()) -> bytes:
         builder = (x509.CertificateBuilder()
                    .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
                    .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
@@ -64,6 +65,9 @@ def tls_files(tmp: pathlib.Path) -> dict[str, str]:
                    .not_valid_before(now + datetime.timedelta(days=days[0]))
                    .not_valid_after(now + datetime.timedelta(days=days[1]))
                    .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if names:
+            builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]),
+                                            critical=False)
         return builder.sign(issuer_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
     ca_key, other_ca_key, redis_key = key(), key(), key()
@@ -73,12 +77,22 @@ def tls_files(tmp: pathlib.Path) -> dict[str, str]:
     save("other.key", pem_key(key()))
     save("expired.crt", cert("redis", redis_key, "test CA", ca_key, (-30, -1)))
     save("foreign.crt", cert("redis", redis_key, "other CA", other_ca_key, (-1, 30)))
+    # The proxy's and TURN's certificates (livekit_proxy_cert_file, livekit_server_tls_cert_file).
+    bad_names = ("lk.bad.test", "turn.bad.test")
+    save("proxy.crt", cert("lk.bad.test", redis_key, "test CA", ca_key, (-1, 30), names=bad_names))
+    save("proxy-expired.crt", cert("lk.bad.test", redis_key, "test CA", ca_key, (-30, -1), names=bad_names))
+    save("proxy-othername.crt", cert("lk.other.test", redis_key, "test CA", ca_key, (-1, 30), names=("lk.other.test",)))
     return out
 
 
 def redis_tls(cert: str = "redis.crt", key: str = "redis.key", ca: str = "ca.crt") -> dict:
     return {"redis_tls_enabled": True, "redis_tls_cert_file": f"@tls:{cert}", "redis_tls_key_file": f"@tls:{key}",
             "redis_tls_ca_file": f"@tls:{ca}"}
+
+
+PROXY = {"livekit_proxy_enabled": True, "livekit_proxy_domain": "lk.bad.test", "livekit_server_turn_domain": "turn.bad.test"}
+PROXY_FILES = {**PROXY, "livekit_proxy_cert_source": "files",
+               "livekit_proxy_cert_file": "@tls:proxy.crt", "livekit_proxy_key_file": "@tls:redis.key"}
 
 
 # (case id, extra vars, text the error must contain)
@@ -110,6 +124,14 @@ CASES = [
     ("port-not-a-number", {"livekit_server_port": "seventy"}, "livekit_server_port"),
     ("unknown-restart-policy", {"livekit_server_restart_policy": "sometimes"}, "livekit_server_restart_policy"),
     ("artifact-checksum-mismatch", {"livekit_server_local_artifact_dir": "@tampered"}, "Refusing to install it"),
+    # TLS (livekit_proxy role and the TURN certificate).
+    ("proxy-without-domain", {"livekit_proxy_enabled": True}, "livekit_proxy_domain"),
+    ("proxy-wildcard-cors", {**PROXY, "livekit_proxy_cors_origins": ["*"]}, "livekit_proxy_cors_origins"),
+    ("proxy-cert-key-mismatch", {**PROXY_FILES, "livekit_proxy_key_file": "@tls:other.key"}, "does not belong to the certificate"),
+    ("proxy-cert-expired", {**PROXY_FILES, "livekit_proxy_cert_file": "@tls:proxy-expired.crt"}, "is not valid now"),
+    ("proxy-cert-wrong-names", {**PROXY_FILES, "livekit_proxy_cert_file": "@tls:proxy-othername.crt"}, "does not name"),
+    ("turn-cert-expired", {"livekit_server_tls_source": "files", "livekit_server_tls_cert_file": "@tls:proxy-expired.crt",
+                           "livekit_server_tls_key_file": "@tls:redis.key"}, "livekit_server_tls_cert_file"),
 ]
 
 

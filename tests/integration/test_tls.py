@@ -272,6 +272,14 @@ def test_direct_mode_serves_signalling_and_turn_on_their_own_addresses(
         assert stun_binding(sock)
 
 
+def test_dns01_certificate_and_private_credentials(direct_node: Node) -> None:
+    """lkt-tls-d got (and renews) its certificate over DNS-01: certbot's rfc2136 plugin wrote the
+    TXT records into the test zone with the TSIG key kept in a root-only file."""
+    renewal = direct_node.sh(f"cat {RENEWAL_CONF}").stdout
+    assert "authenticator = dns-rfc2136" in renewal, renewal
+    assert direct_node.sh("stat -c '%a %U' /etc/livekit-proxy/dns-credentials.ini").stdout.split() == ["600", "root"]
+
+
 def test_direct_mode_renewal_waits_for_a_drain_aware_restart(
     direct_node: Node, direct_turn_ip: str, pebble_root: str
 ) -> None:

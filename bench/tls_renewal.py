@@ -7,6 +7,7 @@ certbot.service (what certbot.timer starts), and time (a) the ACME round trip (c
 end the clients report whether they were ever disconnected or reconnecting.
 """
 import json
+import os
 import statistics
 import sys
 import time
@@ -14,19 +15,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
 
-from conftest import Participant, load_nodes  # noqa: E402
-from test_tls import (DOMAIN, RENEWAL_CONF, TURN_DOMAIN, main_pid, served_certificate,  # noqa: E402
-                      stun_binding, turn_tls)
+from conftest import Participant  # noqa: E402
+from test_tls import (DOMAIN, RENEWAL_CONF, TURN_DOMAIN, host_named, main_pid, pebble_root_pem,  # noqa: E402
+                      private_hosts, served_certificate, stun_binding, turn_tls)
 
 hosts_dir, renewals, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-nodes = {n.name: n for n in load_nodes(hosts_dir)}
-node, acme = nodes["lkt-tls"], nodes["lkt-acme"]
+node = host_named(hosts_dir, "lkt-tls")
 root = Path(hosts_dir).parent / "pebble-root.pem"
-root.write_text(acme.sh("curl -sf --cacert /etc/pebble/api-ca.crt https://localhost:15000/roots/0").stdout)
-hosts = Path(hosts_dir).parent / "bench-hosts"
-hosts.write_text(f"127.0.0.1 localhost\n{node.ip} {DOMAIN} {TURN_DOMAIN}\n")
-wrap = ["unshare", "--mount", "--", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts)]
-key, secret = __import__("os").environ["LKT_API_KEY"], __import__("os").environ["LKT_API_SECRET"]
+root.write_text(pebble_root_pem(host_named(hosts_dir, "lkt-acme")))
+wrap = private_hosts(Path(hosts_dir).parent / "bench-hosts", node.ip, [DOMAIN, TURN_DOMAIN])
+key, secret = os.environ["LKT_API_KEY"], os.environ["LKT_API_SECRET"]
 
 people = [Participant(node, "bench-renewal", f"p{i}", key, secret, publish=(i == 0), url=f"wss://{DOMAIN}",
                       wrap=wrap, extra_env={"SSL_CERT_FILE": str(root)}) for i in range(count)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import secrets
 import socket
 import ssl
@@ -29,16 +30,32 @@ ALLOWED_ORIGIN = "https://app.lkt.test"
 RENEWAL_CONF = "/etc/letsencrypt/renewal/livekit.conf"
 
 
+def host_named(hosts_dir: str, name: str) -> Node:
+    return next(n for n in load_nodes(hosts_dir) if n.name == name)
+
+
+def pebble_root_pem(acme: Node) -> str:
+    """The root Pebble signs with (it makes a new one each time it starts)."""
+    pem = acme.sh("curl -sf --cacert /etc/pebble/api-ca.crt https://localhost:15000/roots/0").stdout
+    assert "BEGIN CERTIFICATE" in pem
+    return pem
+
+
+def private_hosts(path: pathlib.Path, ip: str, names: list[str]) -> list[str]:
+    """A command prefix that runs a client with `names` resolving to `ip`, through its own
+    /etc/hosts in a mount namespace (the controller's resolver is never touched)."""
+    path.write_text(f"127.0.0.1 localhost\n{ip} {' '.join(names)}\n")
+    return ["unshare", "--mount", "--", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', str(path)]
+
+
 @pytest.fixture(scope="module")
 def tls_node(request: pytest.FixtureRequest) -> Node:
-    nodes = load_nodes(request.config.getoption("--hosts-dir"))
-    return next(n for n in nodes if n.name == "lkt-tls")
+    return host_named(request.config.getoption("--hosts-dir"), "lkt-tls")
 
 
 @pytest.fixture(scope="module")
 def direct_node(request: pytest.FixtureRequest) -> Node:
-    nodes = load_nodes(request.config.getoption("--hosts-dir"))
-    return next(n for n in nodes if n.name == "lkt-tls-d")
+    return host_named(request.config.getoption("--hosts-dir"), "lkt-tls-d")
 
 
 @pytest.fixture(scope="module")
@@ -52,26 +69,20 @@ def direct_turn_ip(direct_node: Node) -> str:
 
 @pytest.fixture(scope="module")
 def acme(request: pytest.FixtureRequest) -> Node:
-    nodes = load_nodes(request.config.getoption("--hosts-dir"))
-    return next(n for n in nodes if n.name == "lkt-acme")
+    return host_named(request.config.getoption("--hosts-dir"), "lkt-acme")
 
 
 @pytest.fixture(scope="module")
 def pebble_root(acme: Node, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The root Pebble signs with (it makes a new one each time it starts)."""
-    pem = acme.sh("curl -sf --cacert /etc/pebble/api-ca.crt https://localhost:15000/roots/0").stdout
-    assert "BEGIN CERTIFICATE" in pem
     path = tmp_path_factory.mktemp("pebble") / "root.pem"
-    path.write_text(pem)
+    path.write_text(pebble_root_pem(acme))
     return str(path)
 
 
 @pytest.fixture(scope="module")
 def resolve(tls_node: Node, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     """A command prefix that runs a client with both names resolving to lkt-tls."""
-    hosts = tmp_path_factory.mktemp("hosts") / "hosts"
-    hosts.write_text(f"127.0.0.1 localhost\n{tls_node.ip} {DOMAIN} {TURN_DOMAIN}\n")
-    return ["unshare", "--mount", "--", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts)]
+    return private_hosts(tmp_path_factory.mktemp("hosts") / "hosts", tls_node.ip, [DOMAIN, TURN_DOMAIN])
 
 
 def served_certificate(ip: str, name: str, cafile: str) -> dict:

@@ -16,9 +16,11 @@ fi
 root=$(mktemp -d "${TMPDIR:-/tmp}/rootfs-$suite.XXXXXX")
 trap 'rm -rf "$root"' EXIT
 log "debootstrap $suite into $root"
-# A minimal host as a provider would hand it over: systemd, python3 for Ansible, CA certificates.
+# A minimal host as a provider would hand it over: systemd, python3 for Ansible, CA certificates,
+# and sshd, so that tests and benchmarks reach it the way a user reaches a server (the key is made
+# per run and mounted at /root/.ssh/authorized_keys; root logs in with a key only).
 debootstrap --variant=minbase \
-  --include=systemd,systemd-sysv,dbus,python3,python3-apt,ca-certificates,iproute2,procps,sudo,gnupg \
+  --include=systemd,systemd-sysv,dbus,python3,python3-apt,ca-certificates,iproute2,procps,sudo,gnupg,openssh-server \
   "$suite" "$root" http://deb.debian.org/debian >"$root.log" 2>&1 \
   || { tail -20 "$root.log"; die "debootstrap $suite failed (log: $root.log)"; }
 rm -f "$root.log"

@@ -5,7 +5,7 @@
 # Usage: name=lkt-bench; source bench/lib.sh; bench_inventory livekit redis
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 cd "$REPO_ROOT"
-TEST_SUITES=bookworm bash scripts/setup.sh >/dev/null
+bash scripts/setup.sh lab >/dev/null
 
 state=$(mktemp -d)
 trap 'podman rm -f -t 0 "$name" >/dev/null 2>&1; podman network rm -f "$name" >/dev/null 2>&1; rm -rf "$state"' EXIT

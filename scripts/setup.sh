@@ -1,12 +1,26 @@
 #!/usr/bin/env bash
-# Install everything the collection's lab and tests need on a fresh Debian 12 machine (as root):
-# Debian packages, the controller venv, the real livekit-server built from source, and the
-# systemd test host images. Every step is cached and safe to re-run.
-# Usage: scripts/setup.sh [--no-images]
+# Install what the collection's lab and tests need on a fresh Debian 12 machine (as root): Debian
+# packages, the controller venv, the real livekit-server built from source, MinIO, and the systemd
+# test host images. Every step is cached and safe to re-run; independent steps run side by side.
+# Usage: scripts/setup.sh [--no-images] [NEED...]
+#   NEED: lab, or test stages (lint sanity unit bad_input tls default backup cluster); default: all
+#   stages. Only what the named needs use is built: the lab needs no MinIO and no older release.
 source "$(dirname "$0")/lib.sh"
 
+images=1
+needs=()
+for arg in "$@"; do
+  case $arg in
+    --no-images) images=0 ;;
+    lab|lint|sanity|unit|bad_input|tls|default|backup|cluster) needs+=("$arg") ;;
+    *) die "unknown argument $arg (--no-images, lab, or a test stage)" ;;
+  esac
+done
+[ ${#needs[@]} -gt 0 ] || needs=(lint sanity unit bad_input tls default backup cluster)
+wants() { local n; for n in "${needs[@]}"; do [[ " $* " == *" $n "* ]] && return 0; done; return 1; }
+
 apt_packages=(podman runc netavark iptables aardvark-dns slirp4netns uidmap debootstrap git curl ca-certificates
-              openssl python3-venv nftables age)
+              openssl openssh-client python3-venv nftables age)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
@@ -21,45 +35,85 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# Controller venv, shared by every checkout on this machine and keyed by the pinned requirements.
-req_hash=$(sha256sum "$REPO_ROOT/requirements.txt" | cut -c1-12)
-venv=$CACHE_DIR/venv-$req_hash
-if [ ! -x "$venv/bin/ansible-playbook" ] || [ ! -f "$venv/.complete" ]; then
-  log "creating the controller venv ($venv)"
-  rm -rf "$venv"
-  mkdir -p "$CACHE_DIR"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --upgrade pip
-  "$venv/bin/pip" install -q -r "$REPO_ROOT/requirements.txt"
-  touch "$venv/.complete"
-fi
-ln -sfn "$venv" "$VENV_DIR"
+jobs_dir=$(mktemp -d "${TMPDIR:-/tmp}/lkt-setup.XXXXXX")
+trap 'rm -rf "$jobs_dir"' EXIT
+pids=() names=()
+# Run a step in the background, its output in a log that is shown only if it fails.
+start() {
+  local name=$1
+  shift
+  ("$@") >"$jobs_dir/$name.log" 2>&1 &
+  pids+=($!) names+=("$name")
+}
 
-# ansible-test gives each sanity test a venv and bootstraps pip into it with a script it downloads
-# from a host we cannot reach; give it a stand-in at the path where it caches that download.
-pip_version=$("$venv/bin/python" -c 'from ansible_test._internal.python_requirements import get_venv_packages as g
+# Controller venv, shared by every checkout on this machine and keyed by the pinned requirements.
+setup_venv() {
+  local req_hash venv pip_version
+  req_hash=$(sha256sum "$REPO_ROOT/requirements.txt" | cut -c1-12)
+  venv=$CACHE_DIR/venv-$req_hash
+  if [ ! -x "$venv/bin/ansible-playbook" ] || [ ! -f "$venv/.complete" ]; then
+    log "creating the controller venv ($venv)"
+    rm -rf "$venv"
+    mkdir -p "$CACHE_DIR"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --upgrade pip
+    "$venv/bin/pip" install -q -r "$REPO_ROOT/requirements.txt"
+    touch "$venv/.complete"
+  fi
+  ln -sfn "$venv" "$VENV_DIR"
+
+  # ansible-test gives each sanity test a venv and bootstraps pip into it with a script it downloads
+  # from a host we cannot reach; give it a stand-in at the path where it caches that download.
+  pip_version=$("$venv/bin/python" -c 'from ansible_test._internal.python_requirements import get_venv_packages as g
 class P: version = "3.11"
 print(g(P)["pip"])')
-mkdir -p "$HOME/.ansible/test/cache"
-cp "$REPO_ROOT/scripts/ansible-test-get-pip.py" "$HOME/.ansible/test/cache/get_pip_${pip_version//./_}.py"
-{ [ -n "${PIP_CERT:-}" ] && echo "--cert $PIP_CERT"; [ -n "${PIP_INDEX_URL:-}" ] && echo "--index-url $PIP_INDEX_URL"; true; } \
-  >"$HOME/.ansible/test/cache/pip-settings.txt"
+  mkdir -p "$HOME/.ansible/test/cache"
+  cp "$REPO_ROOT/scripts/ansible-test-get-pip.py" "$HOME/.ansible/test/cache/get_pip_${pip_version//./_}.py"
+  { [ -n "${PIP_CERT:-}" ] && echo "--cert $PIP_CERT"; [ -n "${PIP_INDEX_URL:-}" ] && echo "--index-url $PIP_INDEX_URL"; true; } \
+    >"$HOME/.ansible/test/cache/pip-settings.txt"
+}
+start venv setup_venv
+
+# The real server, built from source and packaged like a release; the older release only for the
+# upgrade tests, MinIO only for the backup tests. Go builds share two cores: one after the other.
+go_builds() {
+  if wants lab bad_input tls default backup cluster; then
+    bash "$REPO_ROOT/scripts/build-livekit-artifact.sh" "$LIVEKIT_TEST_VERSION"
+  fi
+  if wants cluster; then
+    bash "$REPO_ROOT/scripts/build-livekit-artifact.sh" "$LIVEKIT_UPGRADE_FROM_VERSION"
+  fi
+  if wants backup; then
+    bash "$REPO_ROOT/scripts/build-minio.sh"
+  fi
+}
+start go go_builds
+
+# Test host images (debootstrap is mostly download: it overlaps well with the Go builds).
+if [ $images = 1 ]; then
+  suites=()
+  if wants default; then suites=($TEST_SUITES)
+  elif wants lab bad_input tls backup cluster; then suites=(bookworm)
+  fi
+  for suite in "${suites[@]}"; do
+    start "image-$suite" bash "$REPO_ROOT/scripts/build-test-image.sh" "$suite"
+  done
+fi
+
+failed=0
+for i in "${!pids[@]}"; do
+  if wait "${pids[$i]}"; then
+    grep -h '==>' "$jobs_dir/${names[$i]}.log" >&2 || true
+  else
+    failed=1
+    log "setup step ${names[$i]} failed:"
+    tail -n 30 "$jobs_dir/${names[$i]}.log" >&2
+  fi
+done
+[ $failed = 0 ] || die "setup failed"
 
 # Make this checkout resolvable as the selfhosted.livekit collection (see ansible.cfg).
 mkdir -p "$REPO_ROOT/.cache/collections/ansible_collections/selfhosted"
 ln -sfn ../../../.. "$REPO_ROOT/.cache/collections/ansible_collections/selfhosted/livekit"
 
-# The real server, built from source and packaged like a release.
-for version in "$LIVEKIT_TEST_VERSION" "$LIVEKIT_UPGRADE_FROM_VERSION"; do
-  bash "$REPO_ROOT/scripts/build-livekit-artifact.sh" "$version" >/dev/null
-done
-
-# The S3-compatible server of the backup tests.
-bash "$REPO_ROOT/scripts/build-minio.sh" >/dev/null
-
-if [ "${1:-}" != "--no-images" ]; then
-  for suite in $TEST_SUITES; do
-    bash "$REPO_ROOT/scripts/build-test-image.sh" "$suite"
-  done
-fi
 log "setup complete"

@@ -8,7 +8,7 @@ cd "$REPO_ROOT"
 stages=("$@")
 [ ${#stages[@]} -gt 0 ] || stages=(lint sanity unit bad_input tls default backup cluster)
 
-bash scripts/setup.sh
+bash scripts/setup.sh "${stages[@]}"
 # LKT_NO_CLEANUP=1 keeps other scenarios' containers (when two stages are developed side by side).
 [ "${LKT_NO_CLEANUP:-0}" = 1 ] || bash scripts/cleanup.sh
 
@@ -23,6 +23,10 @@ export LKT_AGE_IDENTITY_FILE=$LKT_STATE_DIR/age-identity.txt
 age-keygen -o "$LKT_AGE_IDENTITY_FILE" 2>/dev/null
 LKT_AGE_RECIPIENT=$(age-keygen -y "$LKT_AGE_IDENTITY_FILE")
 export LKT_AGE_RECIPIENT
+# Test hosts are reached over SSH with a key that exists only for this run (molecule/shared/prepare.yml).
+mkdir -m 700 "$LKT_STATE_DIR/ssh"
+ssh-keygen -q -t ed25519 -N '' -C "selfhosted.livekit test run" -f "$LKT_STATE_DIR/ssh/id_ed25519"
+export LKT_SSH_KEY=$LKT_STATE_DIR/ssh/id_ed25519
 export LKT_LIVEKIT_VERSION=$LIVEKIT_TEST_VERSION
 export LKT_ARTIFACT_DIR=$ARTIFACT_DIR/$LIVEKIT_TEST_VERSION
 export LKT_UPGRADE_FROM_VERSION=$LIVEKIT_UPGRADE_FROM_VERSION

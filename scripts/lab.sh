@@ -11,6 +11,12 @@ inventory=$lab/inventory
 
 lab_ip() { podman inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$name"; }
 
+# The lab host is reached over SSH, as a real server is, with a key made for this lab.
+authorize_key() {
+  [ -s "$lab/ssh/id_ed25519" ] || { mkdir -p -m 700 "$lab/ssh"; ssh-keygen -q -t ed25519 -N '' -C livekit-lab -f "$lab/ssh/id_ed25519"; }
+  podman exec -i "$name" sh -c 'umask 077; mkdir -p /root/.ssh; cat >/root/.ssh/authorized_keys' <"$lab/ssh/id_ed25519.pub"
+}
+
 write_inventory() {
   mkdir -p "$inventory/group_vars/all"
   chmod 700 "$lab"
@@ -21,7 +27,11 @@ all:
     livekit:
       hosts:
         $name:
-          ansible_connection: containers.podman.podman
+          ansible_host: $(lab_ip)
+          ansible_user: root
+          ansible_ssh_private_key_file: $lab/ssh/id_ed25519
+          # A lab container gets a new address (and the image's host key) each time: do not pin it.
+          ansible_ssh_common_args: -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR
     redis:
       hosts:
         $name:
@@ -69,7 +79,7 @@ PY
 
 case ${1:-up} in
   up)
-    TEST_SUITES=bookworm bash scripts/setup.sh
+    bash scripts/setup.sh lab
     if ! podman container exists "$name"; then
       podman network exists "$name" || podman network create "$name" >/dev/null
       log "starting the lab host $name"
@@ -79,6 +89,8 @@ case ${1:-up} in
     # A container left created or stopped (an earlier failed start, a reboot) is started again.
     [ "$(podman inspect -f '{{.State.Running}}' "$name")" = true ] || podman start "$name" >/dev/null
     podman exec "$name" systemctl is-system-running --wait >/dev/null || true
+    mkdir -p "$lab" && chmod 700 "$lab"
+    authorize_key
     write_inventory
     log "converging $name with playbooks/site.yml"
     ANSIBLE_COLLECTIONS_PATH=$REPO_ROOT/.cache/collections \

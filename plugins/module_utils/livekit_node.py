@@ -296,7 +296,7 @@ class DrainRestart:
                             "Prometheus endpoint (prometheus_port in livekit.yaml) and that it answers, or use "
                             "on_busy=drain to drain anyway" % (reading["error"], quiet_timeout), result)
                     raise RestartError(
-                        "%d participant(s) still connected after waiting %ds for at most %d; nothing was "
+                        "%s participant(s) still connected after waiting %ds for at most %d; nothing was "
                         "signalled" % (load["participants"], quiet_timeout, quiet_threshold), result)
         else:
             reading["error"] = self._read_load(load)

@@ -272,8 +272,7 @@ def test_unreadable_metrics_fail_a_gated_restart_with_the_reason(misbehaving_ser
     url, _handler = misbehaving_server([("status", 500, "internal error")])
     node = FakeNode(participants=2)
     with pytest.raises(RestartError) as err:
-        gated_restarter(node, url + "/metrics").run(quiet_threshold=0, quiet_timeout=5, on_busy="fail",
-                                                         drain_timeout=5)
+        gated_restarter(node, url + "/metrics").run(quiet_threshold=0, quiet_timeout=5, on_busy="fail", drain_timeout=5)
     assert node.calls == []
     message = str(err.value)
     assert "could not be read" in message and "500" in message and "nothing was signalled" in message

@@ -11,11 +11,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import http.client
 import json
 import re
 import time
 import urllib.error
 
+from ansible.module_utils.urls import ConnectionError as UrlsConnectionError
 from ansible.module_utils.urls import open_url
 
 KEY_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -26,7 +28,19 @@ class LiveKitError(Exception):
 
 
 class LiveKitUnavailable(LiveKitError):
-    """The server did not answer (not running, refused, timed out)."""
+    """The server did not answer (refused, timed out, closed the connection, cut its answer short).
+
+    ``refused`` is True only when the connection was refused, i.e. nothing listens there: the one
+    case in which a caller may conclude that the server is not running.
+    """
+
+    def __init__(self, msg, refused=False):
+        super().__init__(msg)
+        self.refused = refused
+
+
+class LiveKitProtocolError(LiveKitError):
+    """The server answered 200, but not with what the call returns (not a JSON object)."""
 
 
 class LiveKitAPIError(LiveKitError):
@@ -93,10 +107,14 @@ class LiveKitClient:
                           timeout=self.timeout, follow_redirects="none") as response:
                 return response.status, response.read().decode("utf-8", "replace")
         except urllib.error.HTTPError as err:
-            return err.code, err.read().decode("utf-8", "replace")
-        except (urllib.error.URLError, OSError) as err:
-            reason = getattr(err, "reason", err)
-            raise LiveKitUnavailable("%s did not answer: %s" % (self.url, reason)) from None
+            try:
+                return err.code, err.read().decode("utf-8", "replace")
+            except (OSError, http.client.HTTPException):
+                return err.code, ""
+        except (urllib.error.URLError, OSError, http.client.HTTPException, UrlsConnectionError) as err:
+            reason = err.reason if isinstance(err, urllib.error.URLError) else err
+            raise LiveKitUnavailable("%s did not answer: %s" % (self.url, str(reason) or type(reason).__name__),
+                                     refused=isinstance(reason, ConnectionRefusedError)) from None
 
     def health(self):
         """(healthy, status, text) of ``GET /``: OK only while node stats are fresh."""
@@ -113,11 +131,17 @@ class LiveKitClient:
             headers={"Authorization": "Bearer " + token, "Content-Type": "application/json"},
         )
         try:
-            payload = json.loads(text) if text else {}
+            payload = json.loads(text)
         except ValueError:
-            payload = {"code": "malformed", "msg": text[:200]}
+            payload = None
         if status != 200:
+            if not isinstance(payload, dict):
+                payload = {"code": "malformed", "msg": text[:200]}
             raise LiveKitAPIError(status, payload.get("code", "unknown"), payload.get("msg", text[:200]))
+        if not isinstance(payload, dict):
+            # Never read a proxy's error page or an empty answer as an empty result ("no rooms").
+            raise LiveKitProtocolError("%s/%s answered 200 without a JSON object: %r"
+                                       % (service, method, text[:120]))
         return payload
 
     def list_rooms(self):

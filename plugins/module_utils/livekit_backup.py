@@ -590,8 +590,12 @@ class Store:
 # Retention
 
 
-def select_prune(good_ids, all_ids, latest_id, keep_last=3, keep_daily=30, keep_monthly=12, now=None,
-                 incomplete_grace=86400):
+# Seconds after which a backup that never got its manifest is treated as abandoned.
+INCOMPLETE_GRACE = 86400
+
+
+def select_prune(good_ids, all_ids, latest_id, keep_last, keep_daily, keep_monthly, now=None,
+                 incomplete_grace=INCOMPLETE_GRACE):
     """Which backups to delete. Keeps the ``keep_last`` newest good backups, the newest good
     backup of each of the ``keep_daily`` most recent days and ``keep_monthly`` most recent months
     that have one, and always the newest good backup and the one "latest" points to. Incomplete
@@ -656,9 +660,13 @@ def write_status(status_file, textfile, result, success, now):
 
 
 def run_backup(cfg, store=None, now=None, clock=time.monotonic):
-    """One backup, end to end. ``cfg`` is the dict the module and the CLI share (see
-    DEFAULTS). Raises BackupError with what was left behind; returns the result otherwise."""
+    """One backup, end to end. ``cfg`` is the dict the module and the CLI share (REQUIRED keys, and
+    any of DEFAULTS). Raises BackupError with what was left behind; returns the result otherwise."""
     cfg = dict(DEFAULTS, **{k: v for k, v in cfg.items() if v is not None})
+    missing = [key for key in REQUIRED if key not in cfg]
+    if missing:
+        raise BackupError("the backup configuration has no %s; nothing was done (the livekit_backup role writes "
+                          "every setting to its config file: rerun site.yml or the role)" % ", ".join(missing))
     started = clock()
     now = time.time() if now is None else now
     backup_id = utc_id(now)
@@ -674,9 +682,9 @@ def run_backup(cfg, store=None, now=None, clock=time.monotonic):
             redis_facts = None
             if cfg["redis"]:
                 redis_cfg = cfg["redis"]
-                redis = Redis(redis_cfg.get("host", "127.0.0.1"), int(redis_cfg.get("port", 6379)),
+                redis = Redis(redis_cfg["host"], int(redis_cfg["port"]),
                               redis_cfg.get("password") or "", unix_socket=redis_cfg.get("socket"))
-                redis_facts = redis_snapshot(redis, redis_cfg.get("dir", "/var/lib/redis"),
+                redis_facts = redis_snapshot(redis, redis_cfg["dir"],
                                              os.path.join(work, "redis"), cfg["redis_timeout"])
                 staging["redis"] = os.path.join(work, "redis")
             files = expand_paths(cfg["paths"])
@@ -749,7 +757,7 @@ def run_and_record(cfg, status_file, textfile=None):
 def prune(store, latest_id, cfg, now):
     all_ids, good = store.backup_ids()
     doomed = select_prune(good, all_ids, latest_id, cfg["keep_last"], cfg["keep_daily"],
-                          cfg["keep_monthly"], now)
+                          cfg["keep_monthly"], now, cfg["incomplete_grace"])
     for backup_id in doomed:
         store.delete_backup(backup_id)
     store.abort_stale_uploads(cfg["incomplete_grace"], now)
@@ -766,28 +774,23 @@ def prune_local(spool, host, keep, current):
             os.unlink(path)
 
 
+# The settings a caller must give run_backup. Their defaults are declared once per interface: the
+# livekit_backup module's options (plugins/modules/livekit_backup.py) and, for the timer's config
+# file, the livekit_backup role's defaults/main.yml. They are not repeated here.
+REQUIRED = ("host", "paths", "recipients", "bucket", "prefix", "s3", "part_size", "spool_dir", "lock_file",
+            "lock_timeout", "keep_last", "keep_daily", "keep_monthly")
+
+# Settings of this library alone (neither the module nor the role exposes them), and the optional
+# settings whose absence (or null) means "none".
 DEFAULTS = dict(
-    host=socket.gethostname(),
-    paths=["/etc/livekit", "/var/lib/livekit-deploy"],
     redis=None,
     redis_timeout=600,
-    recipients=[],
     age="age",
-    bucket=None,
-    prefix="livekit",
-    s3={},
     sse=None,
     sse_kms_key_id=None,
-    part_size=16 * 1024 * 1024,
-    spool_dir="/var/backups/livekit",
     keep_local=False,
     local_keep=2,
-    lock_file="/run/lock/livekit-backup.lock",
-    lock_timeout=600,
-    keep_last=3,
-    keep_daily=30,
-    keep_monthly=12,
-    incomplete_grace=86400,
+    incomplete_grace=INCOMPLETE_GRACE,
     livekit_version=None,
 )
 

@@ -10,6 +10,9 @@ rooms of the whole cluster when nodes share Redis. The drain is always asked of 
 or this code started the stop, and a drain already in progress is joined, never signalled twice
 (a second signal would force it).
 
+A load that cannot be read (the metrics endpoint refuses, times out, answers an error or something
+that is not livekit-server's metrics) is unknown, never zero: the quiet-hour gate counts it as busy.
+
 The restart logic takes its clock, sleep and probes as arguments, so unit tests drive it with
 fakes; the module wires it to systemctl, /proc and HTTP.
 """
@@ -17,6 +20,7 @@ fakes; the module wires it to systemctl, /proc and HTTP.
 from __future__ import annotations
 
 import datetime
+import http.client
 import json
 import os
 import re
@@ -24,9 +28,14 @@ import socket
 import time
 import urllib.error
 
+from ansible.module_utils.urls import ConnectionError as UrlsConnectionError
 from ansible.module_utils.urls import open_url
 
 METRIC_RE = re.compile(r"^(livekit_room_total|livekit_participant_total)(?:\{[^}]*\})?\s+(\S+)")
+
+
+class LoadUnknown(Exception):
+    """The node's load could not be read; the message names the URL and the cause."""
 
 
 class RestartError(Exception):
@@ -38,22 +47,45 @@ class RestartError(Exception):
 
 
 def parse_metrics(text):
-    """Rooms and participants on this node from Prometheus text (gauges summed over series)."""
+    """Rooms and participants on this node from Prometheus text (gauges summed over series).
+
+    livekit-server always exports both gauges (0 on an idle node), so an answer without them is
+    not its metrics: ValueError, never a count of zero.
+    """
     totals = {"livekit_room_total": 0.0, "livekit_participant_total": 0.0}
+    seen = set()
     for line in text.splitlines():
         match = METRIC_RE.match(line)
         if match:
             totals[match.group(1)] += float(match.group(2))
+            seen.add(match.group(1))
+    missing = sorted(set(totals) - seen)
+    if missing:
+        raise ValueError("the answer has no %s gauge, so it is not livekit-server's metrics"
+                         % " or ".join(missing))
     return {"rooms": int(totals["livekit_room_total"]), "participants": int(totals["livekit_participant_total"])}
 
 
+def _http_failure(err):
+    """A short reason for an exception raised while fetching a URL (no secrets involved)."""
+    if isinstance(err, urllib.error.HTTPError):
+        return "HTTP %s %s" % (err.code, err.reason)
+    if isinstance(err, urllib.error.URLError):
+        err = err.reason
+    return str(err) or type(err).__name__
+
+
 def read_load(metrics_url, timeout=5):
-    """{'rooms': n, 'participants': n} from the node's metrics, or None when it does not answer."""
+    """{'rooms': n, 'participants': n} from the node's metrics.
+
+    Raises LoadUnknown (naming the URL and the cause) when the endpoint refuses, times out, closes
+    the connection, answers an HTTP error or answers something without livekit-server's gauges.
+    """
     try:
         with open_url(metrics_url, timeout=timeout, follow_redirects="none") as response:
             return parse_metrics(response.read().decode("utf-8", "replace"))
-    except (urllib.error.URLError, OSError):
-        return None
+    except (urllib.error.URLError, OSError, http.client.HTTPException, UrlsConnectionError, ValueError) as err:
+        raise LoadUnknown("%s: %s" % (metrics_url, _http_failure(err))) from None
 
 
 def read_health(health_url, timeout=5):
@@ -61,7 +93,7 @@ def read_health(health_url, timeout=5):
     try:
         with open_url(health_url, timeout=timeout, follow_redirects="none") as response:
             return response.status == 200 and response.read().strip() == b"OK"
-    except (urllib.error.URLError, OSError):
+    except (urllib.error.URLError, OSError, http.client.HTTPException, UrlsConnectionError):
         return False
 
 
@@ -117,14 +149,18 @@ def parse_timespan(text):
 
 
 def process_alive(pid):
+    """False once ``pid`` has exited. Only its absence from /proc counts as exited: a /proc entry
+    that cannot be read (permissions, a mount with hidepid) is a process still running."""
     if pid <= 0:
         return False
     try:
         with open("/proc/%d/stat" % pid) as handle:
             # A zombie has exited; its parent (systemd) has not reaped it yet.
             return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
+    except (FileNotFoundError, ProcessLookupError):
         return False
+    except OSError:
+        return True
 
 
 def running_version(run, pid):
@@ -162,7 +198,7 @@ class DrainRestart:
     def __init__(self, systemd, load, health, version, alive=process_alive, clock=time.monotonic,
                  sleep=time.sleep, wall=time.time, poll=1.0):
         self.systemd = systemd
-        self.load = load          # () -> {'rooms', 'participants'} or None
+        self.load = load          # () -> {'rooms', 'participants'}; raises LoadUnknown (or returns None)
         self.health = health      # () -> bool
         self.version = version    # (pid) -> str or None
         self.alive = alive        # (pid) -> bool
@@ -176,6 +212,17 @@ class DrainRestart:
         """Remember an audit event with the time it happened (written out by the caller)."""
         fields = dict(fields, time=iso(self.wall()))
         self.events.append((name, fields))
+
+    def _read_load(self, load):
+        """Read the node's load into ``load``; returns None, or why it could not be read."""
+        try:
+            current = self.load()
+        except LoadUnknown as err:
+            return str(err)
+        if current is None:
+            return "no reading"
+        load.update(current)
+        return None
 
     def _wait(self, done, timeout):
         """Poll ``done()`` until true or ``timeout`` seconds pass; returns (ok, seconds waited)."""
@@ -219,26 +266,42 @@ class DrainRestart:
                 "SIGKILL the draining server: lower drain_timeout to at most %ds, or raise the unit's drain "
                 "budget (livekit_server_drain_budget)" % (drain_timeout, stop_budget, fits), result)
 
-        load = self.load() or {"rooms": 0, "participants": 0}
+        # Unknown until read: a load that cannot be read never counts as an idle node.
+        load = {"rooms": None, "participants": None}
+        reading = {"error": None}
         joined = active == "deactivating"
         if not joined and quiet_threshold is not None:
             def quiet():
-                current = self.load()
-                if current is not None:
-                    load.update(current)
-                return load["participants"] <= quiet_threshold
+                reading["error"] = self._read_load(load)
+                return reading["error"] is None and load["participants"] <= quiet_threshold
             ok, waited = (quiet(), 0.0) if check_mode else self._wait(quiet, quiet_timeout)
             result["gate_seconds"] = round(waited, 1)
             if not ok:
+                if reading["error"] is not None:
+                    load.update(rooms=None, participants=None)
+                    result["load_error"] = reading["error"]
                 if on_busy == "defer":
                     result.update(deferred=True, action="deferred", participants_at_drain=load["participants"],
                                   rooms_at_drain=load["rooms"])
-                    self._event("restart_deferred", dict(participants=load["participants"], rooms=load["rooms"]))
+                    event = dict(participants=load["participants"], rooms=load["rooms"])
+                    if reading["error"] is not None:
+                        event["load_error"] = reading["error"]
+                    self._event("restart_deferred", event)
                     return result
                 if on_busy == "fail":
+                    if reading["error"] is not None:
+                        raise RestartError(
+                            "the load of the node could not be read (%s) after waiting %ds; an unknown load "
+                            "counts as busy, so nothing was signalled. Check that metrics_url is livekit-server's "
+                            "Prometheus endpoint (prometheus_port in livekit.yaml) and that it answers, or use "
+                            "on_busy=drain to drain anyway" % (reading["error"], quiet_timeout), result)
                     raise RestartError(
-                        "%d participant(s) still connected after waiting %ds for at most %d; nothing was "
+                        "%s participant(s) still connected after waiting %ds for at most %d; nothing was "
                         "signalled" % (load["participants"], quiet_timeout, quiet_threshold), result)
+        else:
+            reading["error"] = self._read_load(load)
+            if reading["error"] is not None:
+                result["load_error"] = reading["error"]
 
         if joined:
             action = "joined_drain"
@@ -258,9 +321,7 @@ class DrainRestart:
                          version=result["old_version"]))
 
         def exited():
-            current = self.load()
-            if current is not None:
-                load.update(current)
+            self._read_load(load)  # the last count read (unknown stays None) is reported below
             return not self.alive(old_pid)
         ok, waited = self._wait(exited, drain_timeout)
         result["drain_seconds"] = round(waited, 1)
@@ -269,9 +330,10 @@ class DrainRestart:
                 result["participants_left"] = load["participants"]
                 self._event("drain_timeout", dict(participants=load["participants"], pid=old_pid))
                 raise RestartError(
-                    "the node is still draining after %ds with %d participant(s); it refuses new rooms and "
+                    "the node is still draining after %ds with %s participant(s); it refuses new rooms and "
                     "restarts by itself when they leave (or when the unit's drain budget forces it). Rerun with "
-                    "on_drain_timeout=force to end their sessions" % (drain_timeout, load["participants"]),
+                    "on_drain_timeout=force to end their sessions"
+                    % (drain_timeout, "an unknown number of" if load["participants"] is None else load["participants"]),
                     result)
             result["forced_participants"] = load["participants"]
             self._event("drain_forced", dict(participants=load["participants"], pid=old_pid))

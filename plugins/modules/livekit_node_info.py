@@ -14,6 +14,9 @@ description:
     from the node's key file.
   - A server that is not running is reported as such (O(url) refused), not as an error; a key the
     server rejects, or an unreadable key file, is an error, because it is a misconfiguration.
+  - A load that cannot be read is an error too, never an idle node - O(url) accepts the connection
+    but times out or closes it, or C(ListRooms) answers something that is not a room list (for
+    example a proxy's error page).
   - Restart decisions use it - restart an idle node now, defer while calls are live.
 author: selfhosted.livekit maintainers (@selfhosted-livekit)
 extends_documentation_fragment:
@@ -100,7 +103,9 @@ room_list:
   elements: dict
   sample: [{"name": "standup", "num_participants": 3, "num_publishers": 2}]
 idle:
-  description: True when no participant is connected (or the server is not running).
+  description: >-
+    True when no participant is connected (or the server is not running, O(url) refused). False
+    when the load could not be read (the module fails then).
   returned: always
   type: bool
   sample: false
@@ -127,6 +132,7 @@ import re
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_api import (
     LiveKitAPIError,
+    LiveKitError,
     LiveKitUnavailable,
     api_argument_spec,
     client_from_params,
@@ -173,15 +179,28 @@ def main():
 
     try:
         result["healthy"], result["health_status"], _text = client.health()
-        result["running"] = True
+    except LiveKitUnavailable as err:
+        if err.refused:  # nothing listens on url: the server is not running, so nobody is connected
+            module.exit_json(**result)
+        result["idle"] = False
+        module.fail_json(msg="%s; cannot tell whether livekit-server runs or how many participants it has, and an "
+                             "unknown load is never reported as idle. Check that url is livekit-server's HTTP port "
+                             "and that it answers GET /" % err, **result)
+    result["running"] = True
+    try:
         rooms = client.list_rooms()
     except LiveKitUnavailable as err:
-        if result["running"]:
-            module.fail_json(msg="server stopped answering: %s" % err, **result)
-        module.exit_json(**result)
+        result["idle"] = False
+        module.fail_json(msg="the server answered GET / but not ListRooms: %s; the room count is unknown" % err,
+                         **result)
     except LiveKitAPIError as err:
+        result["idle"] = False
         module.fail_json(msg="the server rejected the API call (%s); check that the key is one it loaded" % err,
                          **result)
+    except LiveKitError as err:
+        result["idle"] = False
+        module.fail_json(msg="the answer to ListRooms could not be read (%s); the room count is unknown. Check "
+                             "that url reaches livekit-server itself" % err, **result)
 
     result["room_list"] = [
         dict(name=room.get("name"), num_participants=int(room.get("num_participants", 0)),

@@ -26,6 +26,10 @@ description:
     runs, and fails if it is not O(expected_version)."
   - How busy the node is comes from its own metrics (C(livekit_participant_total),
     C(livekit_room_total)); they count this node only, also when several nodes share Redis.
+  - "A load that cannot be read (O(metrics_url) refuses, times out, closes the connection, answers an
+    HTTP error or something without those gauges) counts as busy: the quiet-hour gate keeps waiting
+    for a reading, and at O(quiet_timeout) O(on_busy) decides as for a busy node, with the cause in
+    the message and in RV(load_error)."
 author: selfhosted.livekit maintainers (@selfhosted-livekit)
 options:
   unit:
@@ -49,8 +53,9 @@ options:
     default: http://127.0.0.1:7880/
   quiet_threshold:
     description:
-      - Drain only once at most this many participants are connected to this node. Unset, there
-        is no gate and the drain starts at once.
+      - Drain only once at most this many participants are connected to this node (as read from
+        O(metrics_url); a load that cannot be read is not quiet). Unset, there is no gate and the
+        drain starts at once.
     type: int
   quiet_timeout:
     description: Seconds to wait for the node to become quiet; V(0) checks once.
@@ -146,15 +151,24 @@ deferred:
   type: bool
   sample: false
 rooms_at_drain:
-  description: Rooms on this node when the drain began (or when the restart was deferred).
+  description: >-
+    Rooms on this node when the drain began (or when the restart was deferred); null when the load
+    could not be read (see RV(load_error)).
   returned: always
   type: int
   sample: 2
 participants_at_drain:
-  description: Participants on this node when the drain began.
+  description: Participants on this node when the drain began; null when the load could not be read.
   returned: always
   type: int
   sample: 5
+load_error:
+  description: >-
+    Why the load could not be read before the drain (or the deferral): the metrics URL and the
+    cause. An unknown load counts as busy.
+  returned: when the load could not be read
+  type: str
+  sample: "http://127.0.0.1:6789/metrics: timed out"
 gate_seconds:
   description: Seconds spent waiting for the node to become quiet.
   returned: always
@@ -166,7 +180,9 @@ drain_seconds:
   type: float
   sample: 431.5
 forced_participants:
-  description: Participants disconnected by the forcing signal (0 unless forced).
+  description: >-
+    Participants disconnected by the forcing signal (0 unless forced; the last count read, null if
+    none could be read).
   returned: always
   type: int
   sample: 0
@@ -267,6 +283,14 @@ def main():
             module.warn("could not write the audit log %s: %s" % (params["audit_log"], err))
     if failure:
         module.fail_json(msg=failure, **result)
+    if result.get("load_error"):
+        if result.get("deferred"):
+            module.warn("restart deferred: the load of the node could not be read (%s), and an unknown load counts "
+                        "as busy. Check that metrics_url is livekit-server's Prometheus endpoint and that it answers"
+                        % result["load_error"])
+        else:
+            module.warn("the load of the node could not be read before the drain (%s); participants_at_drain is "
+                        "unknown" % result["load_error"])
     module.exit_json(**result)
 
 

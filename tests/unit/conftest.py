@@ -4,7 +4,9 @@ use the real server)."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import jwt
@@ -68,3 +70,67 @@ def key_file(tmp_path):
     path.write_text("# managed\n%s: %s\n" % (KEY, SECRET))
     path.chmod(0o600)
     return str(path)
+
+
+class Misbehaving(BaseHTTPRequestHandler):
+    """Answers each request with the next behaviour of ``script`` (the last one repeats):
+    ``("status", code, body)`` answers that status and body, ``"close"`` closes the connection
+    without an answer, ``"truncate"`` promises a body it does not send, ``("hang", seconds)`` says
+    nothing for that long."""
+
+    script: list = []
+    requests = 0
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _behave(self) -> None:
+        step = self.script[min(type(self).requests, len(self.script) - 1)]
+        type(self).requests += 1
+        if step == "close":
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if step == "truncate":
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b"livekit_participant_total 3\n")
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if step[0] == "hang":
+            time.sleep(step[1])
+            self.close_connection = True
+            return
+        _kind, status, body = step
+        data = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = _behave
+    do_POST = _behave
+
+
+@pytest.fixture
+def misbehaving_server():
+    """A real HTTP server on loopback that fails in the ways a busy or broken node can:
+    ``start(script)`` returns its URL and handler class (``requests`` counts the calls)."""
+    servers = []
+
+    def start(script):
+        handler = type("Scripted", (Misbehaving,), {"script": list(script), "requests": 0})
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return "http://127.0.0.1:%d" % server.server_address[1], handler
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()

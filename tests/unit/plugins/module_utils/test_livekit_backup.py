@@ -52,10 +52,10 @@ def test_retention_never_removes_the_newest_good_or_latest():
 def test_incomplete_backups_go_only_when_old_and_superseded():
     old_good, incomplete, new_good = ids(NOW - 3 * DAY, NOW - 2 * DAY, NOW - DAY)
     all_ids = [new_good, incomplete, old_good]
-    assert incomplete in lb.select_prune({old_good, new_good}, all_ids, new_good, now=NOW)
+    assert incomplete in lb.select_prune({old_good, new_good}, all_ids, new_good, 3, 30, 12, now=NOW)
     # A run still in progress (young, newer than every good backup) is left alone.
     running = lb.utc_id(NOW - 60)
-    assert running not in lb.select_prune({old_good, new_good}, [running] + all_ids, new_good, now=NOW)
+    assert running not in lb.select_prune({old_good, new_good}, [running] + all_ids, new_good, 3, 30, 12, now=NOW)
 
 
 def test_lock_lets_one_run_through_and_times_the_other_out(tmp_path):
@@ -285,8 +285,19 @@ def test_run_backup_passes_the_socket_to_the_redis_client(monkeypatch, tmp_path)
         raise Stop()
 
     monkeypatch.setattr(lb, "redis_snapshot", fake_snapshot)
-    cfg = dict(redis={"socket": "/run/redis/redis-server.sock", "port": 6379, "password": "p", "dir": "/x"},
-               spool_dir=str(tmp_path / "spool"), lock_file=str(tmp_path / "lock"), recipients=["age1x"])
+    cfg = dict(redis={"host": "127.0.0.1", "socket": "/run/redis/redis-server.sock", "port": 6379, "password": "p",
+                      "dir": "/x"},
+               spool_dir=str(tmp_path / "spool"), lock_file=str(tmp_path / "lock"), recipients=["age1x"],
+               host="node", paths=[], bucket="b", prefix="livekit", s3={}, part_size=16 * 1048576, lock_timeout=5,
+               keep_last=3, keep_daily=30, keep_monthly=12)
     with pytest.raises(Stop):
         lb.run_backup(cfg, store=object())
     assert seen == {"socket": "/run/redis/redis-server.sock", "host": "127.0.0.1", "port": 6379}
+
+
+def test_run_backup_without_a_setting_names_it_and_does_nothing(tmp_path):
+    cfg = dict(spool_dir=str(tmp_path / "spool"), lock_file=str(tmp_path / "lock"), recipients=["age1x"])
+    with pytest.raises(lb.BackupError, match="has no host, paths, bucket") as err:
+        lb.run_backup(cfg, store=object())
+    assert "keep_monthly" in str(err.value)
+    assert not (tmp_path / "spool").exists() and not (tmp_path / "lock").exists()

@@ -4,6 +4,7 @@ systemd and signals are exercised by the molecule scenarios; here each rule is s
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 
@@ -13,6 +14,7 @@ from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_node im
     append_audit,
     parse_metrics,
     parse_timespan,
+    read_load,
 )
 
 
@@ -225,3 +227,102 @@ def test_list_nodes_table_is_read():
     assert len(nodes) == 1
     assert nodes[0]["id"].startswith("ND_") and nodes[0]["state"] == "SERVING"
     assert nodes[0]["ip"] == "10.89.0.3" and nodes[0]["rooms"] == 0
+
+
+# Unknown load counts as busy (issue 13, item 3). These drive the gate with the module's own
+# read_load against a real HTTP server on loopback that answers the way a broken or overloaded
+# metrics endpoint does; only systemd and the clock are simulated.
+
+LIVEKIT_METRICS = (
+    'livekit_room_total{node_id="ND_a",node_type="MEDIA"} %d\n'
+    'livekit_participant_total{node_id="ND_a",node_type="MEDIA"} %d\n'
+)
+
+UNREADABLE = {
+    "http-500": [("status", 500, "internal error")],
+    "http-404": [("status", 404, "404 page not found")],
+    "connection-closed": ["close"],
+    "truncated-body": ["truncate"],
+    "timeout": [("hang", 3)],
+    "not-livekit-metrics": [("status", 200, "# TYPE go_goroutines gauge\ngo_goroutines 12\n")],
+}
+
+
+def gated_restarter(node, metrics_url):
+    return DrainRestart(
+        node, load=lambda: read_load(metrics_url, timeout=0.5),
+        health=lambda: node.state == "active", version=node.versions.get,
+        alive=lambda pid: pid in node.versions, clock=node.clock, sleep=node.sleep, wall=node.clock, poll=1.0)
+
+
+@pytest.mark.parametrize("script", UNREADABLE.values(), ids=UNREADABLE.keys())
+def test_unreadable_metrics_defer_a_gated_restart(misbehaving_server, script):
+    url, _handler = misbehaving_server(script)
+    node = FakeNode(participants=2)
+    restarter = gated_restarter(node, url + "/metrics")
+    result = restarter.run(quiet_threshold=0, on_busy="defer", drain_timeout=5)
+    assert node.calls == [], "a node whose load could not be read was signalled"
+    assert result["deferred"] and result["action"] == "deferred" and not result["changed"]
+    assert url in result["load_error"]
+    assert restarter.events[0][0] == "restart_deferred"
+    assert restarter.events[0][1]["load_error"] == result["load_error"]
+
+
+def test_unreadable_metrics_fail_a_gated_restart_with_the_reason(misbehaving_server):
+    url, _handler = misbehaving_server([("status", 500, "internal error")])
+    node = FakeNode(participants=2)
+    with pytest.raises(RestartError) as err:
+        gated_restarter(node, url + "/metrics").run(quiet_threshold=0, quiet_timeout=5, on_busy="fail", drain_timeout=5)
+    assert node.calls == []
+    message = str(err.value)
+    assert "could not be read" in message and "500" in message and "nothing was signalled" in message
+    assert err.value.result["gate_seconds"] == 5
+
+
+def test_nothing_listening_on_the_metrics_port_is_not_an_idle_node():
+    node = FakeNode(participants=2)
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(RestartError, match="could not be read"):
+        gated_restarter(node, "http://127.0.0.1:%d/metrics" % port).run(quiet_threshold=0, drain_timeout=5)
+    assert node.calls == []
+
+
+def test_check_mode_with_unreadable_metrics_predicts_no_restart(misbehaving_server):
+    url, _handler = misbehaving_server(["close"])
+    node = FakeNode(participants=0)
+    result = gated_restarter(node, url + "/metrics").run(quiet_threshold=0, on_busy="defer", check_mode=True)
+    assert result["deferred"] and not result["changed"] and node.calls == []
+
+
+def test_gate_waits_for_the_metrics_to_answer_again(misbehaving_server):
+    url, handler = misbehaving_server([("status", 503, "busy"), ("status", 503, "busy"),
+                                       ("status", 200, LIVEKIT_METRICS % (0, 0))])
+    node = FakeNode(participants=0)
+    result = gated_restarter(node, url + "/metrics").run(quiet_threshold=0, quiet_timeout=60)
+    assert result["action"] == "restarted" and node.calls == ["restart"]
+    assert result["gate_seconds"] == 2 and result["participants_at_drain"] == 0
+    assert "load_error" not in result
+
+
+def test_readable_metrics_still_drive_the_gate(misbehaving_server):
+    url, _handler = misbehaving_server([("status", 200, LIVEKIT_METRICS % (1, 3))])
+    node = FakeNode(participants=3)
+    result = gated_restarter(node, url + "/metrics").run(quiet_threshold=0, on_busy="defer", drain_timeout=5)
+    assert result["deferred"] and (result["rooms_at_drain"], result["participants_at_drain"]) == (1, 3)
+    assert node.calls == []
+
+
+def test_ungated_drain_does_not_report_an_unknown_load_as_zero(misbehaving_server):
+    url, _handler = misbehaving_server([("status", 500, "internal error")])
+    node = FakeNode(participants=0)
+    result = gated_restarter(node, url + "/metrics").run()
+    assert result["action"] == "restarted"  # no gate was asked for: the drain itself waits for calls
+    assert result["participants_at_drain"] is None and result["rooms_at_drain"] is None
+    assert "500" in result["load_error"]
+
+
+def test_metrics_without_livekit_gauges_are_not_read_as_zero():
+    with pytest.raises(ValueError, match="livekit_participant_total"):
+        parse_metrics("# TYPE go_goroutines gauge\ngo_goroutines 12\n")

@@ -55,3 +55,33 @@ def test_missing_key_file_fails_with_its_path(tmp_path, result):
     missing = str(tmp_path / "nope.yaml")
     assert run_module({"key_file": missing}) == 1
     assert missing in result()["msg"]
+
+
+# A server that answers, but not in a way the room count can be read from, is not an idle or a
+# stopped one (issue 13, item 3): the module fails and says why, so no caller restarts on it.
+
+@pytest.mark.parametrize("script, reason", [
+    ([("hang", 4)], "timed out"),
+    (["close"], "closed"),
+], ids=["health-timeout", "health-connection-closed"])
+def test_health_check_without_an_answer_is_not_a_stopped_node(misbehaving_server, key_file, result, script, reason):
+    url, _handler = misbehaving_server(script)
+    assert run_module({"url": url, "key_file": key_file, "timeout": 1}) == 1
+    out = result()
+    assert out["failed"] and url in out["msg"] and reason in out["msg"]
+    assert out["idle"] is False
+
+
+@pytest.mark.parametrize("answer", [
+    ("status", 200, "<html>a proxy's error page</html>"),
+    ("status", 200, ""),
+    ("status", 200, "[]"),
+    "truncate",
+], ids=["html", "empty", "not-an-object", "truncated"])
+def test_list_rooms_answer_that_cannot_be_read_is_not_no_rooms(misbehaving_server, key_file, result, answer):
+    url, handler = misbehaving_server([("status", 200, "OK"), answer])
+    assert run_module({"url": url, "key_file": key_file, "timeout": 2}) == 1
+    out = result()
+    assert handler.requests == 2
+    assert out["failed"] and "ListRooms" in out["msg"]
+    assert out["running"] is True and out["idle"] is False

@@ -18,7 +18,7 @@ LIVEKIT_UPGRADE_FROM_VERSION=${LIVEKIT_UPGRADE_FROM_VERSION:-1.13.4}
 MINIO_MODULE_VERSION=${MINIO_MODULE_VERSION:-v0.0.0-20260212201848-7aac2a2c5b7c}
 MINIO_BIN=$CACHE_DIR/bin/minio-$MINIO_MODULE_VERSION
 # Test host images: localhost/selfhosted-livekit-test:<suite>
-TEST_IMAGE_REPO=localhost/selfhosted-livekit-test
+TEST_IMAGE_REPO=${TEST_IMAGE_REPO:-localhost/selfhosted-livekit-test}
 TEST_SUITES=${TEST_SUITES:-"bookworm trixie"}
 # podman on this kind of machine (cgroup v1 hybrid) needs runc and ulimits under the hard limit.
 export CONTAINERS_CONF=$REPO_ROOT/molecule/containers.conf

@@ -56,7 +56,7 @@ def netns(tmp_path):
     """Run shell commands and the module in one private network namespace that lives for the test."""
     holder = subprocess.Popen(["unshare", "--net", "sleep", "300"])
     try:
-        for _ in range(50):  # wait until the holder is inside its namespace
+        for _attempt in range(50):  # wait until the holder is inside its namespace
             if os.readlink(f"/proc/{holder.pid}/ns/net") != os.readlink("/proc/self/ns/net"):
                 break
             subprocess.run(["sleep", "0.02"], check=True)
@@ -71,7 +71,8 @@ def netns(tmp_path):
             path = tmp_path / "args.json"
             path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
             env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-            done = subprocess.run([*enter, sys.executable, "-m", MODULE, str(path)], capture_output=True, text=True, env=env)
+            done = subprocess.run([*enter, sys.executable, "-m", MODULE, str(path)], capture_output=True, text=True, env=env,
+                                  check=False)
             return json.loads(done.stdout)
 
         yield sh, module
@@ -131,6 +132,7 @@ def test_without_the_skeleton_the_service_role_is_told_what_to_do(tmp_path):
     path = tmp_path / "args.json"
     path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    out = json.loads(subprocess.run([sys.executable, "-m", MODULE, str(path)], capture_output=True, text=True, env=env).stdout)
+    done = subprocess.run([sys.executable, "-m", MODULE, str(path)], capture_output=True, text=True, env=env, check=False)
+    out = json.loads(done.stdout)
     assert out["failed"] and "livekit_host_firewall_enabled" in out["msg"]
     assert not pathlib.Path(tmp_path / "d").exists()

@@ -2,16 +2,20 @@
 # Install what the collection's lab and tests need on a fresh Debian 12 machine (as root): Debian
 # packages, the controller venv, the real livekit-server built from source, MinIO, and the systemd
 # test host images. Every step is cached and safe to re-run; independent steps run side by side.
-# Usage: scripts/setup.sh [--no-images] [NEED...]
+# Usage: scripts/setup.sh [--no-images] [--defer-extra-builds] [NEED...]
 #   NEED: lab, or test stages (lint sanity unit bad_input tls default backup cluster); default: all
 #   stages. Only what the named needs use is built: the lab needs no MinIO and no older release.
+#   --defer-extra-builds skips those two (backup and cluster need them): scripts/test.sh builds them
+#   while the earlier stages run.
 source "$(dirname "$0")/lib.sh"
 
 images=1
+extra_builds=1
 needs=()
 for arg in "$@"; do
   case $arg in
     --no-images) images=0 ;;
+    --defer-extra-builds) extra_builds=0 ;;
     lab|lint|sanity|unit|bad_input|tls|default|backup|cluster) needs+=("$arg") ;;
     *) die "unknown argument $arg (--no-images, lab, or a test stage)" ;;
   esac
@@ -80,10 +84,10 @@ go_builds() {
   if wants lab bad_input tls default backup cluster; then
     bash "$REPO_ROOT/scripts/build-livekit-artifact.sh" "$LIVEKIT_TEST_VERSION"
   fi
-  if wants cluster; then
+  if [ $extra_builds = 1 ] && wants cluster; then
     bash "$REPO_ROOT/scripts/build-livekit-artifact.sh" "$LIVEKIT_UPGRADE_FROM_VERSION"
   fi
-  if wants backup; then
+  if [ $extra_builds = 1 ] && wants backup; then
     bash "$REPO_ROOT/scripts/build-minio.sh"
   fi
 }

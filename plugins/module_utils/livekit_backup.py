@@ -131,7 +131,7 @@ class Lock:
 
 
 class Redis:
-    """A minimal RESP client: enough for AUTH, LASTSAVE, BGSAVE and INFO. The password travels
+    """A minimal RESP client: enough for AUTH, BGSAVE, INFO, DBSIZE and CONFIG GET. The password travels
     only inside the connection, never in a process's arguments. With ``unix_socket`` it talks to
     Redis through that socket (the redis role's default: Redis with TLS has no plaintext TCP
     listener), otherwise over TCP to ``host``:``port``."""
@@ -256,6 +256,32 @@ def redis_snapshot(redis, data_dir, dest, timeout=600, clock=time.monotonic, sle
         keys=keyspace_keys(keyspace),
         rdb_saved_at=int(info.get("rdb_last_save_time", 0)),
     )
+
+
+# Replies that no amount of waiting changes: the password is wrong, missing or not expected.
+_AUTH_REFUSALS = ("WRONGPASS", "NOAUTH", "invalid password", "without any password configured")
+
+
+def redis_wait_loaded(redis, timeout=60, clock=time.monotonic, sleep=time.sleep):
+    """Wait until Redis accepts connections and has loaded its data set (``loading:0``), e.g.
+    right after systemd started it. Returns ``dbsize`` (keys in db 0) and ``keys`` (all dbs).
+    A refused password fails at once; anything else (no socket yet, LOADING) is retried until
+    ``timeout`` seconds have passed."""
+    deadline = clock() + timeout
+    while True:
+        try:
+            info = redis.info("persistence")
+            if info.get("loading") == "0":
+                return dict(dbsize=int(redis.command("DBSIZE")), keys=keyspace_keys(redis.info("keyspace")))
+            last = "still loading its data (%s%% done)" % info.get("loading_loaded_perc", "?")
+        except (BackupError, OSError) as err:
+            if any(marker in str(err) for marker in _AUTH_REFUSALS):
+                raise BackupError("Redis refused the password (%s): give the password Redis's requirepass "
+                                  "is set to" % err)
+            last = str(err)
+        if clock() >= deadline:
+            raise BackupError("Redis did not answer with its data loaded within %d s: %s" % (timeout, last))
+        sleep(0.5)
 
 
 def _copy_aof(redis, data_dir, dest, clock, sleep, deadline):

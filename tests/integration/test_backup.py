@@ -11,6 +11,7 @@ import io
 import json
 import os
 import pathlib
+import re
 import secrets
 import subprocess
 import tarfile
@@ -254,6 +255,46 @@ def test_retention_prunes_old_backups_but_never_the_newest_good_one(hosts, s3):
     assert good == {pointer["id"]}, (good, pointer)
     assert not good & good_before
     assert get_json(s3, pointer["manifest"])["id"] == pointer["id"]
+
+
+SNAPSHOT_PLAY = """- name: Snapshot Redis as upgrade.yml does before a major version step
+  hosts: redis
+  gather_facts: false
+  become: true
+  tasks:
+    - name: Snapshot Redis
+      ansible.builtin.include_role:
+        name: selfhosted.livekit.redis
+        tasks_from: snapshot
+"""
+
+
+def rdb_saves(node: Node) -> int:
+    return int(re.search(r"rdb_saves:([0-9]+)", redis(node, "INFO", "persistence")).group(1))
+
+
+def test_redis_snapshot_entry_point_waits_for_a_fresh_save_and_keeps_the_password_out(hosts, tmp_path):
+    """redis tasks_from=snapshot on the real Redis: check mode saves and copies nothing; a real run makes
+    Redis save again and copies that RDB and the AOF directory aside, 0700, with the password nowhere in
+    the -vvv output (it goes to Redis over the socket only)."""
+    node = hosts[A]
+    play = tmp_path / "snapshot.yml"
+    play.write_text(SNAPSHOT_PLAY)
+    dest = "/var/backups/redis/entry-test"
+    saves = rdb_saves(node)
+    checked = run_playbook(str(play), "--limit", A, "-e", "redis_snapshot_name=entry-test", "--check")
+    assert checked.returncode == 0, output(checked)[-3000:]
+    assert rdb_saves(node) == saves and node.sh(f"test -e {dest}", check=False).returncode != 0
+    result = run_playbook(str(play), "--limit", A, "-e", "redis_snapshot_name=entry-test", "-vvv")
+    try:
+        assert result.returncode == 0, output(result)[-3000:]
+        assert os.environ["LKT_REDIS_PASSWORD"] not in output(result)
+        assert rdb_saves(node) > saves
+        assert node.sh(f"stat -c %a /var/backups/redis {dest}").stdout.split() == ["700", "700"]
+        assert node.sh(f"head -c 5 {dest}/dump.rdb").stdout == "REDIS"
+        assert node.sh(f"ls {dest}").stdout.split() == ["appendonlydir", "dump.rdb"]
+    finally:
+        node.sh(f"rm -rf {dest}", check=False)
 
 
 def test_restore_refuses_broken_backups_and_leaves_live_data_alone(hosts, s3, tmp_path):

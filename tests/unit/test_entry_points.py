@@ -16,7 +16,6 @@ ROLES = sorted(p.name for p in (REPO / "roles").iterdir() if (p / "tasks").is_di
 INCLUDE_ROLE = ("include_role", "import_role", "ansible.builtin.include_role", "ansible.builtin.import_role")
 
 
-
 def load(path):
     with open(path) as handle:
         return yaml.safe_load(handle)

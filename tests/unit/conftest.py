@@ -134,3 +134,54 @@ def misbehaving_server():
     for server in servers:
         server.shutdown()
         server.server_close()
+
+
+class FakeRedis:
+    """A RESP server on a unix socket or loopback TCP that records the commands it gets, for the
+    tests of the collection's Redis client (module_utils/livekit_backup.py): AUTH with the right
+    password answers +OK, anything else before AUTH is refused, like requirepass. ``answer(args)``
+    returns the reply to every other command (bytes); by default INFO server."""
+
+    def __init__(self, family, address, password, answer=None):
+        import socket
+        self.password, self.commands = password, []
+        self.answer = answer or self._info_server
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.bind(address)
+        self.sock.listen(8)
+        self.address = self.sock.getsockname()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def _info_server(args):
+        info = b"# Server\r\nredis_version:7.0.15"
+        return b"$%d\r\n%s\r\n" % (len(info), info)
+
+    def _serve(self):
+        while True:
+            try:
+                conn, dummy = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                reader, authed = conn.makefile("rb"), False
+                while True:
+                    line = reader.readline()
+                    if not line:
+                        break
+                    args = []
+                    for dummy in range(int(line[1:-2])):
+                        size = int(reader.readline()[1:-2])
+                        args.append(reader.read(size + 2)[:-2].decode())
+                    self.commands.append(args)
+                    if args[0] == "AUTH":
+                        authed = args[1] == self.password
+                        conn.sendall(b"+OK\r\n" if authed else b"-WRONGPASS invalid username-password pair\r\n")
+                    elif not authed:
+                        conn.sendall(b"-NOAUTH Authentication required.\r\n")
+                    else:
+                        conn.sendall(self.answer(args))
+
+    def close(self):
+        self.sock.close()

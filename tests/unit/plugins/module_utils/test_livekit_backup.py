@@ -13,6 +13,7 @@ import threading
 import pytest
 
 from ansible_collections.selfhosted.livekit.plugins.module_utils import livekit_backup as lb
+from conftest import FakeRedis
 
 DAY = 86400
 NOW = lb.id_time("20261123T031500Z")
@@ -198,50 +199,6 @@ def test_status_file_and_textfile_record_the_last_success(tmp_path):
     assert recorded["last_success"] == 1000 and recorded["last_attempt"] == 2000 and not recorded["last_attempt_ok"]
     text = open(textfile).read()
     assert "livekit_backup_last_success_timestamp_seconds 1000" in text and "livekit_backup_last_attempt_ok 0" in text
-
-
-class FakeRedis:
-    """A RESP server on a unix socket or loopback TCP that records the commands it gets: AUTH with
-    the right password answers +OK, anything else before AUTH is refused, like requirepass."""
-
-    def __init__(self, family, address, password):
-        import socket
-        self.password, self.commands = password, []
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
-        self.sock.bind(address)
-        self.sock.listen(4)
-        self.address = self.sock.getsockname()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self):
-        while True:
-            try:
-                conn, dummy = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                reader, authed = conn.makefile("rb"), False
-                while True:
-                    line = reader.readline()
-                    if not line:
-                        break
-                    args = []
-                    for dummy in range(int(line[1:-2])):
-                        size = int(reader.readline()[1:-2])
-                        args.append(reader.read(size + 2)[:-2].decode())
-                    self.commands.append(args)
-                    if args[0] == "AUTH":
-                        authed = args[1] == self.password
-                        conn.sendall(b"+OK\r\n" if authed else b"-WRONGPASS invalid password\r\n")
-                    elif not authed:
-                        conn.sendall(b"-NOAUTH Authentication required.\r\n")
-                    else:
-                        info = b"# Server\r\nredis_version:7.0.15"
-                        conn.sendall(b"$%d\r\n%s\r\n" % (len(info), info))
-
-    def close(self):
-        self.sock.close()
 
 
 def test_redis_client_talks_through_the_unix_socket(tmp_path):

@@ -12,6 +12,7 @@ import pytest
 from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.selfhosted.livekit.plugins.modules import livekit_redis
+from conftest import FakeRedis
 
 PASSWORD = "pw-" + "r" * 24
 
@@ -22,15 +23,13 @@ class StatefulRedis:
     many INFO calls answer loading:1 first."""
 
     def __init__(self, path, data_dir, same_second=False, load_polls=0, reply_scheduled=True):
-        self.data_dir, self.commands = data_dir, []
+        self.data_dir = data_dir
         self.saves, self.in_progress, self.polls_after_bgsave = 5, False, None
         self.last_save_time = 1_700_000_000
         self.same_second, self.load_polls, self.reply_scheduled = same_second, load_polls, reply_scheduled
         (data_dir / "dump.rdb").write_bytes(b"old snapshot")
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(path)
-        self.sock.listen(8)
-        threading.Thread(target=self._serve, daemon=True).start()
+        self.server = FakeRedis(socket.AF_UNIX, path, PASSWORD, answer=self._answer)
+        self.commands = self.server.commands
 
     def _persistence(self):
         if self.load_polls > 0:
@@ -70,33 +69,8 @@ class StatefulRedis:
             return b"*2\r\n$10\r\ndbfilename\r\n$8\r\ndump.rdb\r\n"
         return b"-ERR unknown command\r\n"
 
-    def _serve(self):
-        while True:
-            try:
-                conn, dummy = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                reader, authed = conn.makefile("rb"), False
-                while True:
-                    line = reader.readline()
-                    if not line:
-                        break
-                    args = []
-                    for dummy in range(int(line[1:-2])):
-                        size = int(reader.readline()[1:-2])
-                        args.append(reader.read(size + 2)[:-2].decode())
-                    self.commands.append(args)
-                    if args[0] == "AUTH":
-                        authed = args[1] == PASSWORD
-                        conn.sendall(b"+OK\r\n" if authed else b"-WRONGPASS invalid username-password pair\r\n")
-                    elif not authed:
-                        conn.sendall(b"-NOAUTH Authentication required.\r\n")
-                    else:
-                        conn.sendall(self._answer(args))
-
     def close(self):
-        self.sock.close()
+        self.server.close()
 
 
 @pytest.fixture

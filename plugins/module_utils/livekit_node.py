@@ -196,7 +196,7 @@ class DrainRestart:
     STOP_MARGIN = 120  # the unit's TimeoutStopSec must exceed the drain budget by this much
 
     def __init__(self, systemd, load, health, version, alive=process_alive, clock=time.monotonic,
-                 sleep=time.sleep, wall=time.time, poll=1.0):
+                 sleep=time.sleep, wall=time.time, poll=1.0, on_event=None):
         self.systemd = systemd
         self.load = load          # () -> {'rooms', 'participants'}; raises LoadUnknown (or returns None)
         self.health = health      # () -> bool
@@ -207,11 +207,17 @@ class DrainRestart:
         self.wall = wall
         self.poll = poll
         self.events = []          # (event, fields) for the audit log
+        # Called with each event as it happens, so the audit log shows a drain that is still under way
+        # (or whose caller was killed) and not only the outcome.
+        self.on_event = on_event
 
     def _event(self, name, fields):
-        """Remember an audit event with the time it happened (written out by the caller)."""
-        fields = dict(fields, time=iso(self.wall()))
+        """Record an audit event with the time it happened and hand it to ``on_event`` at once."""
+        now = self.wall()
+        fields = dict(fields, time=iso(now), ts=round(now, 3))
         self.events.append((name, fields))
+        if self.on_event:
+            self.on_event(name, fields)
 
     def _read_load(self, load):
         """Read the node's load into ``load``; returns None, or why it could not be read."""

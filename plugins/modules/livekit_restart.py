@@ -93,7 +93,9 @@ options:
   audit_log:
     description:
       - Append one JSON line per event (drain started or joined, deferred, forced, restarted, failed
-        start) to this file. Unset, nothing is written.
+        start) to this file, each as it happens, with its time (C(time), and C(ts) in epoch seconds).
+        So a drain that is still under way, or whose Ansible run was cut, is already on record.
+        Unset, nothing is written.
     type: path
   poll_interval:
     description: Seconds between probes while waiting.
@@ -256,12 +258,23 @@ def main():
     if params["quiet_threshold"] is not None and params["quiet_threshold"] < 0:
         module.fail_json(msg="quiet_threshold must be 0 or more participants")
 
+    audit_errors = []
+
+    def write_audit(event, fields):
+        if module.check_mode or audit_errors:
+            return
+        try:
+            append_audit(params["audit_log"], event, unit=params["unit"], **fields)
+        except OSError as err:
+            audit_errors.append(str(err))
+
     restart = DrainRestart(
         Systemd(module.run_command, params["unit"]),
         load=lambda: read_load(params["metrics_url"]),
         health=lambda: read_health(params["health_url"]),
         version=lambda pid: running_version(module.run_command, pid),
         poll=params["poll_interval"],
+        on_event=write_audit,
     )
     failure = None
     try:
@@ -275,12 +288,8 @@ def main():
     except RuntimeError as err:
         failure, result = str(err), {}
 
-    if not module.check_mode:
-        try:
-            for event, fields in restart.events:
-                append_audit(params["audit_log"], event, unit=params["unit"], **fields)
-        except OSError as err:
-            module.warn("could not write the audit log %s: %s" % (params["audit_log"], err))
+    if audit_errors:
+        module.warn("could not write the audit log %s: %s" % (params["audit_log"], audit_errors[0]))
     if failure:
         module.fail_json(msg=failure, **result)
     if result.get("load_error"):

@@ -197,3 +197,15 @@ def people():
     yield started
     for person in started:
         person.kill()
+
+
+@pytest.fixture(scope="module")
+def cluster(request) -> dict[str, Node]:
+    """The cluster scenario's hosts: nodes a and b, and the Redis host."""
+    nodes = {n.name: n for n in load_nodes(request.config.getoption("--hosts-dir"))}
+    return {"a": nodes["lkt-node-a"], "b": nodes["lkt-node-b"], "redis": nodes["lkt-redis"]}
+
+
+def audit(node: Node) -> list[dict]:
+    """The node's audit log (/var/lib/livekit-deploy/audit.jsonl), oldest event first."""
+    return [json.loads(line) for line in node.sh("cat /var/lib/livekit-deploy/audit.jsonl").stdout.splitlines()]

@@ -116,6 +116,16 @@ def test_rotation_keeps_calls_and_never_leaks_a_secret(host, api_key, api_secret
     assert leaks(host, [new_secret, api_secret]) == ""
     assert VAULT_FILE.read_text().startswith("$ANSIBLE_VAULT") and VAULT_FILE.stat().st_mode & 0o077 == 0
 
+    # The inventory still lists only the old key (as when another inventory file shadows the vault
+    # file phase 1 wrote): site.yml must refuse to drop the new key, before anything changes.
+    digest = key_file_digest(host)
+    shadowed = run_playbook("site.yml", "--limit", NODE, timeout=600)
+    assert shadowed.returncode != 0, shadowed.stdout[-3000:]
+    said = shadowed.stdout + shadowed.stderr
+    assert f"would remove API key(s) {new_key}" in said and "livekit_server_api_keys_remove" in said, said[-3000:]
+    assert key_file_digest(host) == digest
+    assert accepted(host, new_key, new_secret)
+
     # Phase 2 too early: tokens signed with the old key may still be valid, so it is refused.
     digest = key_file_digest(host)
     early = run_playbook("rotate_keys.yml", *rotation_args("retire", "-e", f"livekit_rotation_retire_key={api_key}",

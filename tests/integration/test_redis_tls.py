@@ -12,9 +12,7 @@ import subprocess
 import sys
 import time
 
-import pytest
-
-from conftest import REPO, Node, load_nodes, wait_until
+from conftest import REPO, Node, wait_until
 
 sys.path.insert(0, str(REPO / ".cache" / "collections"))
 from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_node import parse_list_nodes  # noqa: E402
@@ -22,12 +20,6 @@ from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_node im
 SOCKET = "/run/redis/redis-server.sock"
 NODE_CA = "/etc/livekit/tls/redis-ca.crt"
 CONFIG = "/etc/livekit/livekit.yaml"
-
-
-@pytest.fixture(scope="module")
-def cluster(request) -> dict[str, Node]:
-    nodes = {n.name: n for n in load_nodes(request.config.getoption("--hosts-dir"))}
-    return {"a": nodes["lkt-node-a"], "b": nodes["lkt-node-b"], "redis": nodes["lkt-redis"]}
 
 
 def redis_cli(node: Node, *args: str, password: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:

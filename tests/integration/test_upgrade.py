@@ -16,7 +16,7 @@ import uuid
 
 import pytest
 
-from conftest import REPO, Node, Participant, load_nodes, make_token, playbook_command, run_playbook, twirp, unit_state, wait_until
+from conftest import REPO, Node, Participant, audit, make_token, playbook_command, run_playbook, twirp, unit_state, wait_until
 
 sys.path.insert(0, str(REPO / ".cache" / "collections"))
 from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_node import parse_list_nodes  # noqa: E402
@@ -29,12 +29,6 @@ REDIS_SOCKET = "/run/redis/redis-server.sock"
 TARGET_ENV = {"LKT_LIVEKIT_VERSION": NEW, "LKT_ARTIFACT_DIR": os.environ["LKT_UPGRADE_TO_ARTIFACT_DIR"]}
 
 
-@pytest.fixture(scope="module")
-def cluster(request) -> dict[str, Node]:
-    nodes = {n.name: n for n in load_nodes(request.config.getoption("--hosts-dir"))}
-    return {"a": nodes["lkt-node-a"], "b": nodes["lkt-node-b"], "redis": nodes["lkt-redis"]}
-
-
 def running_version(node: Node) -> str:
     out = node.sh("/proc/$(systemctl show -p MainPID --value livekit-server)/exe --version", check=False).stdout
     return out.strip().rsplit(" ", 1)[-1]
@@ -42,10 +36,6 @@ def running_version(node: Node) -> str:
 
 def record(node: Node) -> dict:
     return json.loads(node.sh("cat /var/lib/livekit-deploy/deployment.json").stdout)
-
-
-def audit(node: Node) -> list[dict]:
-    return [json.loads(line) for line in node.sh("cat /var/lib/livekit-deploy/audit.jsonl").stdout.splitlines()]
 
 
 def cluster_nodes(node: Node) -> list[dict]:

@@ -106,6 +106,18 @@ def test_waits_for_participants_to_leave_then_restarts_on_the_new_version():
     assert node.calls == ["restart"]
 
 
+def test_each_event_is_handed_on_when_it_happens_not_when_the_drain_ends():
+    """A caller killed mid-drain (an SSH drop) must already have the drain on record."""
+    node = FakeNode(participants=1, leave_at=[300])
+    seen = []
+    restarter = node.restarter()
+    restarter.on_event = lambda name, fields: seen.append((name, node.now, fields["ts"]))
+    restarter.run(drain_timeout=600)
+    assert [name for name, _now, _ts in seen] == ["drain_started", "restarted"]
+    assert seen[0][1] == 0 and seen[0][2] == 0  # delivered at the drain's start, 300 s before its end
+    assert seen[1][1] >= 300
+
+
 def test_deadline_fails_and_leaves_the_node_draining_without_forcing():
     node = FakeNode(participants=1, leave_at=[5000])
     with pytest.raises(RestartError) as err:

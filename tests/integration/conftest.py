@@ -12,7 +12,9 @@ import os
 import pathlib
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from dataclasses import dataclass
 
 import urllib.error
@@ -209,3 +211,107 @@ def cluster(request) -> dict[str, Node]:
 def audit(node: Node) -> list[dict]:
     """The node's audit log (/var/lib/livekit-deploy/audit.jsonl), oldest event first."""
     return [json.loads(line) for line in node.sh("cat /var/lib/livekit-deploy/audit.jsonl").stdout.splitlines()]
+
+
+def run_secrets() -> dict[str, str]:
+    """Every secret of this test run (scripts/test.sh makes them), by name. Report names only."""
+    found = {name: os.environ[name] for name in ("LKT_API_SECRET", "LKT_REDIS_PASSWORD", "LKT_S3_SECRET_KEY")
+             if os.environ.get(name)}
+    identity = os.environ.get("LKT_AGE_IDENTITY_FILE")
+    if identity and os.path.exists(identity):
+        for line in pathlib.Path(identity).read_text().splitlines():
+            if line.startswith("AGE-SECRET-KEY-"):
+                found["age identity"] = line.strip()
+    return found
+
+
+class ArgvSampler(threading.Thread):
+    """Collects the command line of every process on the controller and on the hosts, every 0.3 s,
+    until stopped (at most ``limit`` rounds)."""
+
+    def __init__(self, nodes: list[Node], limit: int = 4000):
+        super().__init__(daemon=True)
+        self.nodes, self.limit, self.samples, self.stop = nodes, limit, [], threading.Event()
+
+    def run(self) -> None:
+        rounds = 0
+        while not self.stop.is_set() and rounds < self.limit:
+            rounds += 1
+            commands = [["ps", "-eo", "args"]] + [["podman", "exec", n.name, "ps", "-eo", "args"] for n in self.nodes]
+            for cmd in commands:
+                self.samples.append(subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=30).stdout)
+            time.sleep(0.3)
+
+
+def assert_no_secret(playbook: str, output: str, sampler: ArgvSampler, extra: dict | None = None) -> None:
+    """No secret of the run in a playbook's output or in any command line sampled while it ran.
+    Failures name the secret, never show it."""
+    secrets = dict(run_secrets(), **(extra or {}))
+    in_output = sorted(name for name, value in secrets.items() if value and value in output)
+    in_argv = sorted(name for name, value in secrets.items()
+                     if value and any(value in sample for sample in sampler.samples))
+    assert not in_output, f"{', '.join(in_output)} reached the -vvv --diff output of {playbook}"
+    assert not in_argv, f"{', '.join(in_argv)} reached a process command line during {playbook}"
+    assert len(sampler.samples) > len(sampler.nodes), "the command lines were never sampled"
+
+
+def run_playbook_watched(playbook: str, *args: str, nodes: list[Node], env: dict | None = None,
+                         timeout: float = 900, extra_secrets: dict | None = None) -> subprocess.CompletedProcess:
+    """run_playbook with -vvv --diff while every command line on the controller and ``nodes`` is
+    sampled; fails if any secret of the run shows up in the output or a command line."""
+    sampler = ArgvSampler(nodes)
+    sampler.start()
+    try:
+        result = run_playbook(playbook, "-vvv", "--diff", *args, env=env, timeout=timeout)
+    finally:
+        sampler.stop.set()
+        sampler.join(timeout=60)
+    assert_no_secret(playbook, result.stdout + result.stderr, sampler, extra_secrets)
+    return result
+
+
+# ---- the cluster scenario: where LiveKit placed a room ------------------------------------------
+# Redis on the cluster's Redis host speaks only TLS on the network; local clients use its socket.
+CLUSTER_REDIS_SOCKET = "/run/redis/redis-server.sock"
+
+
+def cluster_nodes(node: Node) -> list[dict]:
+    """The cluster's node table as livekit-server list-nodes prints it on ``node``."""
+    sys.path.insert(0, str(REPO / ".cache" / "collections"))
+    from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_node import parse_list_nodes  # pylint: disable=import-outside-toplevel
+    out = node.sh("/opt/livekit/current/livekit-server list-nodes --config /etc/livekit/livekit.yaml 2>/dev/null").stdout
+    return parse_list_nodes(out)
+
+
+def node_state(node: Node) -> str | None:
+    return next((n["state"] for n in cluster_nodes(node) if n["ip"] == node.ip), None)
+
+
+def room_host(cluster: dict, room: str) -> str | None:
+    """Name of the node LiveKit placed a room on (Redis room_node_map, node ids from list-nodes)."""
+    node_id = subprocess.run(
+        ["podman", "exec", "-e", "REDISCLI_AUTH", cluster["redis"].name, "redis-cli", "-s", CLUSTER_REDIS_SOCKET,
+         "HGET", "room_node_map", room],
+        capture_output=True, text=True, timeout=30, check=True,
+        env=dict(os.environ, REDISCLI_AUTH=os.environ["LKT_REDIS_PASSWORD"]),
+    ).stdout.strip()
+    ips = {n["id"]: n["ip"] for n in cluster_nodes(cluster["a"])}
+    return next((n.name for n in (cluster["a"], cluster["b"]) if ips.get(node_id) == n.ip), None)
+
+
+def create_room(node: Node, room: str, key: str, secret: str) -> None:
+    status, body = twirp(node, "CreateRoom", {"name": room, "empty_timeout": 600}, make_token(key, secret, roomCreate=True))
+    assert status == 200, body
+
+
+def place_room(cluster: dict, target: Node, prefix: str, key: str, secret: str) -> str:
+    """A room hosted on `target` (LiveKit picks the node; retry names until it picks this one)."""
+    tries = 0
+    while tries < 30:
+        tries += 1
+        room = f"{prefix}-{uuid.uuid4().hex[:6]}"
+        create_room(target, room, key, secret)
+        if room_host(cluster, room) == target.name:
+            return room
+        twirp(target, "DeleteRoom", {"room": room}, make_token(key, secret, roomCreate=True))
+    pytest.fail(f"LiveKit never placed a room on {target.name} in {tries} tries")

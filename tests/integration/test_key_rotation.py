@@ -8,13 +8,12 @@ import pathlib
 import secrets
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 import yaml
 
-from conftest import Node, Participant, load_nodes, make_token, playbook_command, run_playbook, twirp, unit_state, wait_until
+from conftest import ArgvSampler, Node, Participant, load_nodes, make_token, playbook_command, run_playbook, twirp, unit_state, wait_until
 
 NODE = "lkt-bookworm"  # rotation is per node; one node keeps the scenario short
 STATE = pathlib.Path(os.environ["LKT_STATE_DIR"])
@@ -61,25 +60,11 @@ def leaks(node: Node, values: list[str]) -> str:
                           capture_output=True, text=True, timeout=300, check=False).stdout.strip()
 
 
-class ArgvSampler(threading.Thread):
-    """Collects the command lines of every process on the controller and in the host while running."""
-
-    def __init__(self, node: Node):
-        super().__init__(daemon=True)
-        self.node, self.samples, self.stop = node, [], threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            for cmd in (["ps", "-eo", "args"], ["podman", "exec", self.node.name, "ps", "-eo", "args"]):
-                self.samples.append(subprocess.run(cmd, capture_output=True, text=True, check=False).stdout)
-            time.sleep(0.3)
-
-
 def test_rotation_keeps_calls_and_never_leaks_a_secret(host, api_key, api_secret, people):
     assert accepted(host, api_key, api_secret)
     caller = Participant(host, "rotation-call", "old-key-caller", api_key, api_secret, publish=True)
     people.append(caller)
-    sampler = ArgvSampler(host)
+    sampler = ArgvSampler([host])
     sampler.start()
     add = subprocess.Popen(playbook_command("rotate_keys.yml", *rotation_args("add"), "-vvv", "--diff"),
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from conftest import PARTICIPANT, Node, make_token, run_playbook, twirp
+from conftest import PARTICIPANT, Node, make_token, run_playbook, run_playbook_watched, twirp
 
 
 def site(node: Node, *extra: str) -> subprocess.CompletedProcess:
@@ -66,7 +66,9 @@ def test_change_waits_while_a_call_is_live_then_applies_when_idle(
     while participants(node, api_key, api_secret) and time.monotonic() < deadline:
         time.sleep(1)
 
-    quiet = site(node, "-e", "livekit_server_logging_level=debug")
+    # A site.yml run that restarts the node, with -vvv --diff and every command line sampled.
+    quiet = run_playbook_watched("site.yml", "--limit", node.name, "-e", "livekit_server_logging_level=debug",
+                                 nodes=[node], timeout=600)
     assert quiet.returncode == 0, quiet.stdout[-3000:]
     assert main_pid(node) != pid_before
     assert not marker_exists(node)

@@ -10,22 +10,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 import uuid
 
-import pytest
-
-from conftest import REPO, Node, Participant, audit, make_token, playbook_command, run_playbook, twirp, unit_state, wait_until
-
-sys.path.insert(0, str(REPO / ".cache" / "collections"))
-from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_node import parse_list_nodes  # noqa: E402
+from conftest import (REPO, ArgvSampler, Node, Participant, assert_no_secret, audit, cluster_nodes, create_room, node_state,
+                      place_room, playbook_command, room_host, run_playbook, run_playbook_watched, unit_state, wait_until)
 
 OLD = os.environ["LKT_UPGRADE_FROM_VERSION"]
 NEW = os.environ["LKT_UPGRADE_TO_VERSION"]
 # upgrade.yml and rollback.yml read the target release from the inventory, which reads these.
-# Redis on the Redis host speaks only TLS on the network (port 0); local clients use its socket.
-REDIS_SOCKET = "/run/redis/redis-server.sock"
 TARGET_ENV = {"LKT_LIVEKIT_VERSION": NEW, "LKT_ARTIFACT_DIR": os.environ["LKT_UPGRADE_TO_ARTIFACT_DIR"]}
 
 
@@ -36,45 +29,6 @@ def running_version(node: Node) -> str:
 
 def record(node: Node) -> dict:
     return json.loads(node.sh("cat /var/lib/livekit-deploy/deployment.json").stdout)
-
-
-def cluster_nodes(node: Node) -> list[dict]:
-    out = node.sh("/opt/livekit/current/livekit-server list-nodes --config /etc/livekit/livekit.yaml 2>/dev/null").stdout
-    return parse_list_nodes(out)
-
-
-def node_state(node: Node) -> str | None:
-    return next((n["state"] for n in cluster_nodes(node) if n["ip"] == node.ip), None)
-
-
-def room_host(cluster: dict, room: str) -> str | None:
-    """Name of the node LiveKit placed a room on (Redis room_node_map, node ids from list-nodes)."""
-    node_id = subprocess.run(
-        ["podman", "exec", "-e", "REDISCLI_AUTH", cluster["redis"].name, "redis-cli", "-s", REDIS_SOCKET,
-         "HGET", "room_node_map", room],
-        capture_output=True, text=True, timeout=30, check=True,
-        env=dict(os.environ, REDISCLI_AUTH=os.environ["LKT_REDIS_PASSWORD"]),
-    ).stdout.strip()
-    ips = {n["id"]: n["ip"] for n in cluster_nodes(cluster["a"])}
-    return next((n.name for n in (cluster["a"], cluster["b"]) if ips.get(node_id) == n.ip), None)
-
-
-def create_room(node: Node, room: str, key: str, secret: str) -> None:
-    status, body = twirp(node, "CreateRoom", {"name": room, "empty_timeout": 600}, make_token(key, secret, roomCreate=True))
-    assert status == 200, body
-
-
-def place_room(cluster: dict, target: Node, prefix: str, key: str, secret: str) -> str:
-    """A room hosted on `target` (LiveKit picks the node; retry names until it picks this one)."""
-    tries = 0
-    while tries < 30:
-        tries += 1
-        room = f"{prefix}-{uuid.uuid4().hex[:6]}"
-        create_room(target, room, key, secret)
-        if room_host(cluster, room) == target.name:
-            return room
-        twirp(target, "DeleteRoom", {"room": room}, make_token(key, secret, roomCreate=True))
-    pytest.fail(f"LiveKit never placed a room on {target.name} in {tries} tries")
 
 
 def test_cluster_starts_on_the_old_release(cluster):
@@ -120,7 +74,7 @@ def test_failed_node_is_rolled_back_and_the_rollout_stops(cluster, api_key, api_
     assert a.sh("test -e /var/lib/livekit/restart-pending", check=False).returncode != 0
 
 
-def test_rolling_upgrade_drops_no_call(cluster, api_key, api_secret, people):
+def test_rolling_upgrade_drops_no_call(cluster, api_key, api_secret, people, tmp_path):
     a, b = cluster["a"], cluster["b"]
     room_a = place_room(cluster, a, "on-a", api_key, api_secret)
     room_b = place_room(cluster, b, "on-b", api_key, api_secret)
@@ -130,14 +84,21 @@ def test_rolling_upgrade_drops_no_call(cluster, api_key, api_secret, people):
     people.extend([alice, bob, bea])
     old_pid_a = a.sh("systemctl show -p MainPID --value livekit-server").stdout.strip()
 
-    upgrade = subprocess.Popen(
-        playbook_command("upgrade.yml", "-e", "livekit_server_restart_drain_timeout=100"),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=dict(os.environ, **TARGET_ENV),
-    )
+    # With -vvv --diff into a file (a pipe would fill up), every command line sampled for secrets.
+    log = tmp_path / "upgrade.log"
+    sampler = ArgvSampler(list(cluster.values()))
+    sampler.start()
+    with log.open("w") as sink:
+        upgrade = subprocess.Popen(
+            playbook_command("upgrade.yml", "-vvv", "--diff", "-e", "livekit_server_restart_drain_timeout=100"),
+            stdout=sink, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=dict(os.environ, **TARGET_ENV),
+        )
     try:
         # Node A goes first and drains: it keeps serving alice but refuses new rooms.
         assert wait_until(lambda: unit_state(a) == "deactivating", 300), "node A never started draining"
         assert wait_until(lambda: node_state(a) == "SHUTTING_DOWN", 20), cluster_nodes(a)
+        # The audit log has the drain while it is under way, not only once the playbook's task returns.
+        assert wait_until(lambda: [e for e in audit(a)[-3:] if e["event"] == "drain_started"], 10), audit(a)[-3:]
         room_c = f"during-drain-{uuid.uuid4().hex[:6]}"
         create_room(a, room_c, api_key, api_secret)  # asked of node A itself
         assert room_host(cluster, room_c) == b.name, "a room created during A's drain must land on B"
@@ -161,12 +122,15 @@ def test_rolling_upgrade_drops_no_call(cluster, api_key, api_secret, people):
             assert call["summary"]["disconnected"] is False, call
             assert not [e for e in call["events"] if e.get("event") in ("reconnecting", "disconnected")], call
         assert bea_call["summary"]["video_frames_received"] > 0, bea_call
-        output = upgrade.communicate(timeout=400)[0]
+        upgrade.wait(timeout=400)
     finally:
+        sampler.stop.set()
         if upgrade.poll() is None:
             upgrade.kill()
-            upgrade.communicate()
+            upgrade.wait()
+    output = log.read_text()
     assert upgrade.returncode == 0, output[-4000:]
+    assert_no_secret("upgrade.yml", output, sampler)
     for node in (a, b):
         assert running_version(node) == NEW and record(node)["version"] == NEW
         assert record(node)["previous_version"] == OLD and record(node)["playbook"] == "upgrade.yml"
@@ -180,8 +144,9 @@ def test_rollback_forces_off_a_caller_after_the_deadline(cluster, api_key, api_s
     room = place_room(cluster, a, "late", api_key, api_secret)
     late = Participant(a, room, "late", api_key, api_secret, publish=True)
     people.append(late)
-    result = run_playbook("rollback.yml", "--limit", a.name, "-e", "livekit_server_restart_drain_timeout=5",
-                          "-e", "livekit_server_restart_on_drain_timeout=force", env=TARGET_ENV, timeout=300)
+    result = run_playbook_watched("rollback.yml", "--limit", a.name, "-e", "livekit_server_restart_drain_timeout=5",
+                                  "-e", "livekit_server_restart_on_drain_timeout=force", nodes=[a], env=TARGET_ENV,
+                                  timeout=300)
     assert result.returncode == 0, result.stdout[-4000:]
     call = late.hang_up()
     assert call["summary"]["disconnected"] is True and call["summary"]["reason"] == "SERVER_SHUTDOWN", call
@@ -216,3 +181,39 @@ def test_deadline_without_force_leaves_the_node_draining_until_the_call_ends(clu
     assert again.returncode == 0, again.stdout[-4000:]
     assert record(b)["version"] == OLD and record(b)["event"] == "rollback"
     assert b.sh("test -e /var/lib/livekit/restart-pending", check=False).returncode != 0
+
+
+def test_major_upgrade_needs_a_window_and_snapshots_redis_first(cluster):
+    """The major-version path, end to end. No older major of livekit-server builds here, so the nodes'
+    deployment records are made to claim 0.x of the release they run: a stand-in for an older major,
+    and the only one in this file. The gate, the Redis snapshot and the rolling upgrade are real."""
+    stand_in = "0." + OLD.split(".", 1)[1]
+    for name in ("a", "b"):
+        cluster[name].sh(
+            "python3 -c 'import json,sys; p=\"/var/lib/livekit-deploy/deployment.json\"; r=json.load(open(p)); "
+            f"r[\"version\"]=\"{stand_in}\"; json.dump(r, open(p, \"w\"))'")
+    redis = cluster["redis"]
+    snapshots_before = set(redis.sh("ls /var/backups/redis 2>/dev/null || true").stdout.split())
+
+    refused = run_playbook("upgrade.yml", env=TARGET_ENV, timeout=600)
+    said = refused.stdout + refused.stderr
+    assert refused.returncode != 0 and "changes the major version" in said, said[-3000:]
+    assert "livekit_upgrade_maintenance_window=true" in said
+    for name in ("a", "b"):
+        assert running_version(cluster[name]) == OLD and record(cluster[name])["version"] == stand_in
+    assert set(redis.sh("ls /var/backups/redis 2>/dev/null || true").stdout.split()) == snapshots_before
+
+    # In the window: Redis is snapshotted first, then the nodes upgrade one at a time (-vvv --diff,
+    # every command line sampled for secrets).
+    done = run_playbook_watched("upgrade.yml", "-e", "livekit_upgrade_maintenance_window=true",
+                                nodes=list(cluster.values()), env=TARGET_ENV, timeout=900)
+    assert done.returncode == 0, done.stdout[-4000:]
+    new = sorted(set(redis.sh("ls /var/backups/redis").stdout.split()) - snapshots_before)
+    assert len(new) == 1, new
+    rdb = redis.sh(f"stat -c '%a %s' /var/backups/redis/{new[0]}/dump.rdb").stdout.split()
+    assert int(rdb[1]) > 0, rdb
+    assert redis.sh(f"stat -c '%a' /var/backups/redis/{new[0]}").stdout.strip() == "700"
+    for name in ("a", "b"):
+        node = cluster[name]
+        assert running_version(node) == NEW and record(node)["version"] == NEW
+        assert record(node)["previous_version"] == stand_in and node_state(node) == "SERVING"

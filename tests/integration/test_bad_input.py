@@ -362,7 +362,7 @@ def runs(request: pytest.FixtureRequest, snapshot_before: str, tmp_path_factory:
     cases = [c for c in CASES if c[0] in selected]
     start = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(JOBS) as pool:
-        futures = {cid: pool.submit(run_case, extra, tmp_path_factory.mktemp(cid)) for cid, extra, _ in cases}
+        futures = {cid: pool.submit(run_case, extra, tmp_path_factory.mktemp(cid)) for cid, extra, _expected in cases}
     results = {cid: future.result() for cid, future in futures.items()}
     print(f"\n{len(cases)} site.yml runs, {JOBS} at a time: {time.monotonic() - start:.0f} s "
           f"(each {min(r.seconds for r in results.values()):.1f}-{max(r.seconds for r in results.values()):.1f} s)")

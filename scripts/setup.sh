@@ -5,7 +5,7 @@
 # Usage: scripts/setup.sh [--no-images] [--defer-extra-builds] [NEED...]
 #   NEED: lab, or test stages (lint sanity unit bad_input tls default backup cluster); default: all
 #   stages. Only what the named needs use is built: the lab needs no MinIO and no older release.
-#   --defer-extra-builds skips those two (backup and cluster need them): scripts/test.sh builds them
+#   --defer-extra-builds skips those two (tls, backup and cluster need them): scripts/test.sh builds them
 #   while the earlier stages run.
 source "$(dirname "$0")/lib.sh"
 
@@ -79,7 +79,7 @@ print(g(P)["pip"])')
 start venv setup_venv
 
 # The real server, built from source and packaged like a release; the older release only for the
-# upgrade tests, MinIO only for the backup tests. Go builds share two cores: one after the other.
+# upgrade tests, MinIO only for the backup tests and the drill in tls. Go builds share two cores: one after the other.
 go_builds() {
   if wants lab bad_input tls default backup cluster; then
     bash "$REPO_ROOT/scripts/build-livekit-artifact.sh" "$LIVEKIT_TEST_VERSION"
@@ -87,7 +87,7 @@ go_builds() {
   if [ $extra_builds = 1 ] && wants cluster; then
     bash "$REPO_ROOT/scripts/build-livekit-artifact.sh" "$LIVEKIT_UPGRADE_FROM_VERSION"
   fi
-  if [ $extra_builds = 1 ] && wants backup; then
+  if [ $extra_builds = 1 ] && wants tls backup; then
     bash "$REPO_ROOT/scripts/build-minio.sh"
   fi
 }

@@ -10,7 +10,7 @@ short_description: Fetch, verify and put in place a LiveKit backup, reversibly
 version_added: 0.3.0
 description:
   - V(fetched) first checks the signature of the backup's manifest with O(public_key), the public
-    key of the host that made it (from the inventory), before it downloads or decrypts anything: a
+    key of the host that made it (from the inventory), before it downloads or decrypts anything. A
     backup that is unsigned, signed by another key, or whose manifest was changed is refused, and
     nothing changes. It then downloads the archive into O(work_dir), checks its size and SHA-256
     against the signed manifest, decrypts it with the age O(identity) and unpacks it, refusing links,
@@ -19,7 +19,7 @@ description:
     the restore-in-progress O(marker)). In check mode the same checks run in a scratch directory
     that is removed.
   - V(fetched) marks a restore as in progress (O(marker), under the backup lock O(lock_file)) until
-    V(committed) or V(reverted): the host's backup timer skips while it is there, and another
+    V(committed) or V(reverted). The host's backup timer skips while it is there, and another
     V(fetched) is refused.
   - V(applied) swaps the fetched copies of O(paths) and of Redis's files in O(redis_dir) into place.
     Each step is a rename inside the target's own directory (the restored copy is staged, and the

@@ -495,6 +495,8 @@ def check_member(member, policy=None):
     if not policy.allows_path(name.rstrip("/")):
         raise BackupError("archive member %s is outside the restore targets (%s)"
                           % (name, ", ".join(policy.targets + (["Redis data"] if policy.redis else [])) or "none"))
+    if name == INNER_MANIFEST:
+        return  # the archive's own list of members: read by the restore, never put on the host
     if member.uname not in policy.owners or member.gname not in policy.groups:
         raise BackupError("archive member %s belongs to %s:%s, not to a user (%s) and group (%s) the inventory allows"
                           % (name, member.uname or member.uid, member.gname or member.gid,
@@ -519,7 +521,7 @@ def _extract(stream, dest, policy=None):
             except tarfile.TarError as err:
                 raise BackupError("archive member %s refused: %s" % (member.name, err))
             os.chmod(target, member.mode & 0o777)
-            if policy is not None:
+            if policy is not None and member.name != INNER_MANIFEST:
                 try:
                     uid, gid = pwd.getpwnam(member.uname).pw_uid, grp.getgrnam(member.gname).gr_gid
                 except KeyError:

@@ -381,3 +381,134 @@ def test_run_backup_without_a_setting_names_it_and_does_nothing(tmp_path):
         lb.run_backup(cfg, store=object())
     assert "keep_monthly" in str(err.value)
     assert not (tmp_path / "spool").exists() and not (tmp_path / "lock").exists()
+
+
+# ---- what a restore accepts from an archive ----------------------------------------------------
+
+
+def sealed_tar(tmp_path, recipient, members):
+    """An age-encrypted tar.gz of (TarInfo, bytes or None), with a backup.json listing the files."""
+    plain = io.BytesIO()
+    with tarfile.open(fileobj=plain, mode="w:gz") as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+        body = json.dumps({"id": "x", "host": "h", "members": []}).encode()
+        info = tarfile.TarInfo(lb.INNER_MANIFEST)
+        info.size = len(body)
+        tar.addfile(info, io.BytesIO(body))
+    path = tmp_path / "a.age"
+    path.write_bytes(subprocess.run(["age", "-r", recipient], input=plain.getvalue(), capture_output=True,
+                                    check=True).stdout)
+    return str(path)
+
+
+def entry(name, data=b"x", mode=0o644, kind=tarfile.REGTYPE, link="", owner="root"):
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.linkname, info.uname, info.gname = kind, mode, link, owner, owner
+    info.size = len(data) if kind == tarfile.REGTYPE else 0
+    return info, data if kind == tarfile.REGTYPE else None
+
+
+POLICY = dict(paths=["/etc/livekit"], redis=True, owners=["root"], groups=["root"])
+
+
+@pytest.mark.parametrize("members, refusal", [
+    ([entry("files/etc/livekit/keys.yaml", kind=tarfile.SYMTYPE, link="/etc/shadow")], "is a link"),
+    ([entry("files/etc/livekit/k", kind=tarfile.LNKTYPE, link="files/etc/livekit/x")], "is a link"),
+    ([entry("files/etc/livekit/dev", kind=tarfile.CHRTYPE)], "device, FIFO or other special file"),
+    ([entry("files/etc/livekit/run", mode=0o4755)], "setuid or setgid"),
+    ([entry("files/etc/livekit/run", mode=0o2755)], "setuid or setgid"),
+    ([entry("/etc/livekit/keys.yaml")], "absolute path or '..'"),
+    ([entry("files/etc/livekit/../../../etc/passwd")], "absolute path or '..'"),
+    ([entry("files/etc/cron.d/evil")], "outside the restore targets"),
+    ([entry("redis/../../etc/x")], "absolute path or '..'"),
+    ([entry("redis/evil.so")], "outside the restore targets"),
+    ([entry("files/etc/livekit/owned", owner="nobody")], "belongs to nobody:nobody"),
+])
+def test_unsafe_archive_members_are_refused_before_they_are_written(tmp_path, identity, members, refusal):
+    secret, recipient = identity
+    archive = sealed_tar(tmp_path, recipient, members)
+    out = tmp_path / "out"
+    with pytest.raises(lb.BackupError, match=refusal):
+        lb.decrypt_archive(archive, secret, str(out), policy=lb.ExtractPolicy(**POLICY))
+    written = [os.path.join(base, name) for base, dirs, names in os.walk(out) for name in names]
+    assert written == [], written
+    assert not os.path.exists("/etc/cron.d/evil")
+
+
+def test_the_identity_reaches_age_through_a_pipe_not_a_file(tmp_path, identity, monkeypatch):
+    secret, recipient = identity
+    archive = sealed_tar(tmp_path, recipient, [entry("files/etc/livekit/a")])
+    seen = []
+    real_popen = subprocess.Popen
+
+    def popen(args, *rest, **kwargs):
+        position = args.index("--identity") + 1
+        seen.append((args[position], os.path.isfile(args[position])))
+        return real_popen(args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    lb.decrypt_archive(archive, secret, str(tmp_path / "out"), policy=lb.ExtractPolicy(**POLICY))
+    assert seen == [("-", False)]
+    assert (tmp_path / "out" / "files" / "etc" / "livekit" / "a").read_bytes() == b"x"
+
+
+# ---- signatures ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def signing_key(tmp_path):
+    if not shutil.which("ssh-keygen"):
+        pytest.skip("ssh-keygen is not installed")
+    path = tmp_path / "signing"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    return str(path), (tmp_path / "signing.pub").read_text().strip()
+
+
+class FakeStore:
+    def __init__(self, objects, base="livekit/node-1"):
+        self.objects, self.base = objects, base
+
+    def key(self, *parts):
+        return "/".join((self.base,) + parts)
+
+    def get_bytes(self, key):
+        return self.objects.get(key)
+
+    def get_json(self, key):
+        return json.loads(self.objects[key]) if key in self.objects else None
+
+
+def signed_store(key_file, manifest=None, sign=True):
+    manifest = manifest or {"id": "20261123T031500Z", "host": "node-1",
+                            "archive": {"key": "livekit/node-1/20261123T031500Z/archive.tar.gz.age"}}
+    body = json.dumps(manifest).encode()
+    objects = {"livekit/node-1/latest.json": json.dumps({"id": "20261123T031500Z"}).encode(),
+               "livekit/node-1/20261123T031500Z/manifest.json": body}
+    if sign:
+        objects["livekit/node-1/20261123T031500Z/manifest.json.sig"] = lb.sign_manifest(body, key_file)
+    return FakeStore(objects)
+
+
+def test_a_backup_signed_by_its_host_is_found(signing_key):
+    key_file, public = signing_key
+    assert lb.find_backup(signed_store(key_file), "latest", public)["id"] == "20261123T031500Z"
+
+
+def test_unsigned_forged_and_changed_manifests_are_refused(signing_key, tmp_path):
+    key_file, public = signing_key
+    with pytest.raises(lb.BackupError, match="backup 20261123T031500Z of livekit/node-1 is not signed"):
+        lb.find_backup(signed_store(key_file, sign=False), "latest", public)
+    other = tmp_path / "other"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    with pytest.raises(lb.BackupError, match="does not verify with the host's public key"):
+        lb.find_backup(signed_store(str(other)), "latest", public)
+    store = signed_store(key_file)
+    key = "livekit/node-1/20261123T031500Z/manifest.json"
+    store.objects[key] = store.objects[key].replace(b"archive.tar.gz.age", b"evil.tar.gz.age")
+    with pytest.raises(lb.BackupError, match="does not verify"):
+        lb.find_backup(store, "latest", public)
+    # A genuine manifest of another host (or id), copied under this one's name.
+    with pytest.raises(lb.BackupError, match="says it is backup 20261123T031500Z of node-2"):
+        lb.find_backup(signed_store(key_file, {"id": "20261123T031500Z", "host": "node-2", "archive": {}}),
+                       "latest", public)

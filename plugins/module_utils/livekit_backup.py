@@ -1282,8 +1282,8 @@ def restore_marker(marker):
 
 
 def describe_restore(pending):
-    return "a restore of backup %s of %s started at %s" % (pending.get("backup"), pending.get("source"),
-                                                            pending.get("started"))
+    return "a restore of backup %s of %s started at %s" % (
+        pending.get("backup"), pending.get("source"), pending.get("started"))
 
 
 def begin_restore(marker, lock_file, lock_timeout, info):

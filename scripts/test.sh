@@ -41,6 +41,9 @@ export LKT_AGE_IDENTITY_FILE=$LKT_STATE_DIR/age-identity.txt
 age-keygen -o "$LKT_AGE_IDENTITY_FILE" 2>/dev/null
 LKT_AGE_RECIPIENT=$(age-keygen -y "$LKT_AGE_IDENTITY_FILE")
 export LKT_AGE_RECIPIENT
+# The backup-signing key of the test hosts (in production one per host, from the vault).
+export LKT_BACKUP_SIGNING_KEY_FILE=$LKT_STATE_DIR/backup-signing-key
+ssh-keygen -q -t ed25519 -N '' -C "selfhosted.livekit test backups" -f "$LKT_BACKUP_SIGNING_KEY_FILE"
 # Test hosts are reached over SSH with a key that exists only for this run (molecule/shared/prepare.yml).
 mkdir -m 700 "$LKT_STATE_DIR/ssh"
 ssh-keygen -q -t ed25519 -N '' -C "selfhosted.livekit test run" -f "$LKT_STATE_DIR/ssh/id_ed25519"

@@ -10,7 +10,9 @@ is one the module accepts.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
+import struct
 
 from ansible.errors import AnsibleFilterError
 from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_nft import RuleError, render_rules
@@ -71,10 +73,46 @@ def firewall_rule_problems(rules):
     return problems
 
 
+def _ssh_string(blob, offset):
+    (length,) = struct.unpack(">I", blob[offset:offset + 4])
+    end = offset + 4 + length
+    if end > len(blob):
+        raise ValueError("truncated")
+    return blob[offset + 4:end], end
+
+
+def ssh_public_key(private_key):
+    """The public key line (``ssh-ed25519 AAAA...``) of an unencrypted OpenSSH Ed25519 private key,
+    read from the key file's own public section (no file, no subprocess: the private key never
+    leaves the controller's memory); an empty string for anything else (an empty value, another key
+    type, a key with a passphrase, garbage), so a settings check can name the variable."""
+    text = str(private_key or "").strip()
+    head, tail = "-----BEGIN OPENSSH PRIVATE KEY-----", "-----END OPENSSH PRIVATE KEY-----"
+    if not (text.startswith(head) and text.endswith(tail)):
+        return ""
+    try:
+        blob = base64.b64decode("".join(text[len(head):-len(tail)].split()), validate=True)
+        if not blob.startswith(b"openssh-key-v1\x00"):
+            return ""
+        offset = len(b"openssh-key-v1\x00")
+        cipher, offset = _ssh_string(blob, offset)
+        kdf, offset = _ssh_string(blob, offset)
+        dummy, offset = _ssh_string(blob, offset)
+        (count,) = struct.unpack(">I", blob[offset:offset + 4])
+        public, offset = _ssh_string(blob, offset + 4)
+        key_type, dummy = _ssh_string(public, 0)
+    except (ValueError, TypeError, struct.error):
+        return ""
+    if cipher != b"none" or kdf != b"none" or count != 1 or key_type != b"ssh-ed25519" or len(public) != 51:
+        return ""
+    return "ssh-ed25519 " + base64.b64encode(public).decode()
+
+
 class FilterModule(object):
     def filters(self):
         return {
             "invalid_addresses": invalid_addresses,
             "invalid_networks": invalid_networks,
             "firewall_rule_problems": firewall_rule_problems,
+            "ssh_public_key": ssh_public_key,
         }

@@ -29,7 +29,10 @@ import hashlib
 import io
 import json
 import os
+import pwd
+import grp
 import shutil
+import stat
 import socket
 import subprocess
 import tarfile
@@ -54,8 +57,14 @@ except ImportError:  # the modules report this through missing_required_lib
 FORMAT = 1
 ARCHIVE_NAME = "archive.tar.gz.age"
 MANIFEST_NAME = "manifest.json"
+SIGNATURE_NAME = "manifest.json.sig"
+# ssh-keygen -Y sign/verify namespace: a signature made for anything else never verifies as a backup's.
+SIGNATURE_NAMESPACE = "selfhosted.livekit-backup"
+SIGNER = "backup-signer"
 LATEST_NAME = "latest.json"
 INNER_MANIFEST = "backup.json"
+# The Redis files a restore replaces in Redis's data directory (the redis role's names).
+REDIS_NAMES = ("dump.rdb", "appendonlydir")
 MIN_PART_SIZE = 5 * 1024 * 1024
 READ_SIZE = 1024 * 1024
 # Redis's RDB is compressed already; a light gzip level keeps the CPU cost low for the same size.
@@ -116,8 +125,8 @@ class Lock:
                     raise
             if self.clock() >= deadline:
                 self.handle.close()
-                raise BackupError(
-                    "another backup holds %s and did not finish within %d s; nothing was done "
+                raise Busy(
+                    "another backup or restore holds %s and did not finish within %d s; nothing was done "
                     "(raise lock_timeout to wait longer)" % (self.path, self.timeout))
             self.sleep(0.5)
 
@@ -405,29 +414,34 @@ def expand_paths(paths):
     return found
 
 
-def decrypt_archive(archive, identity, dest, age="age"):
+def decrypt_archive(archive, identity, dest, age="age", policy=None):
     """Decrypt ``archive`` with the age ``identity`` (the key's text) and unpack it into ``dest``,
-    refusing members that would land outside it. Checks every member against the archive's own
-    manifest. Returns that manifest."""
+    checking every member first (check_member, with ``policy``). Checks every member against the
+    archive's own manifest. Returns that manifest.
+
+    The identity reaches age through a pipe (its standard input), never a file or an argument."""
     os.makedirs(dest, 0o700, exist_ok=True)
-    fd, identity_file = tempfile.mkstemp(prefix=".age-identity-", dir=dest)
+    proc = subprocess.Popen([age, "--decrypt", "--identity", "-", archive],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(identity.strip() + "\n")
-        proc = subprocess.Popen([age, "--decrypt", "--identity", identity_file, archive],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
-            _extract(proc.stdout, dest)
-        except (tarfile.TarError, EOFError, OSError, BackupError) as err:
-            proc.kill()
-            proc.wait()
-            reason = proc.stderr.read().decode(errors="replace").strip()
-            raise BackupError("cannot decrypt or unpack the archive: %s" % (reason or err))
+            proc.stdin.write((identity.strip() + "\n").encode())
+            proc.stdin.close()
+        except OSError:
+            pass  # age gave up before reading it; its message says why
+        _extract(proc.stdout, dest, policy)
+    except BackupError:
+        proc.kill()
+        proc.wait()
+        raise
+    except (tarfile.TarError, EOFError, OSError) as err:
+        proc.kill()
+        proc.wait()
         reason = proc.stderr.read().decode(errors="replace").strip()
-        if proc.wait() != 0:
-            raise BackupError("cannot decrypt the archive: %s" % reason)
-    finally:
-        os.unlink(identity_file)
+        raise BackupError("cannot decrypt or unpack the archive: %s" % (reason or err))
+    reason = proc.stderr.read().decode(errors="replace").strip()
+    if proc.wait() != 0:
+        raise BackupError("cannot decrypt the archive: %s" % reason)
     manifest_path = os.path.join(dest, INNER_MANIFEST)
     if not os.path.isfile(manifest_path):
         raise BackupError("the archive has no %s; it is not a backup of this collection" % INNER_MANIFEST)
@@ -440,16 +454,140 @@ def decrypt_archive(archive, identity, dest, age="age"):
     return inner
 
 
-def _extract(stream, dest):
+class ExtractPolicy:
+    """What a restore accepts from an archive, from the inventory of the host restored to:
+    ``paths`` (files/<path>... members), the Redis file names (redis/<name>... members, only with
+    ``redis``), and the user and group names files may belong to."""
+
+    def __init__(self, paths, redis=False, redis_names=REDIS_NAMES, owners=("root",), groups=("root",)):
+        self.targets = restore_targets(paths)
+        self.redis, self.redis_names = redis, tuple(redis_names)
+        self.owners, self.groups = set(owners), set(groups)
+
+    def allows_path(self, name):
+        if name == INNER_MANIFEST:
+            return True
+        if name.startswith("files/"):
+            path = "/" + name[len("files/"):]
+            return any(path == t or path.startswith(t.rstrip("/") + "/") for t in self.targets)
+        if self.redis and name.startswith("redis/"):
+            first = name[len("redis/"):].split("/", 1)[0]
+            return first in self.redis_names
+        return self.redis and name == "redis"
+
+
+def check_member(member, policy=None):
+    """Refuse an archive member that is not a plain file or directory inside the restore: links,
+    devices, FIFOs, setuid/setgid bits, absolute paths and '..', and (with ``policy``) paths outside
+    the targets and owners not named in the inventory. Raises BackupError naming the member."""
+    name = member.name
+    parts = name.split("/")
+    if not name or name.startswith("/") or ".." in parts or "\x00" in name:
+        raise BackupError("archive member %r has an absolute path or '..'" % name)
+    if member.issym() or member.islnk():
+        raise BackupError("archive member %s is a link (to %s)" % (name, member.linkname))
+    if not (member.isfile() or member.isdir()):
+        raise BackupError("archive member %s is a device, FIFO or other special file" % name)
+    if member.mode & (stat.S_ISUID | stat.S_ISGID):
+        raise BackupError("archive member %s has the setuid or setgid bit (mode %o)" % (name, member.mode))
+    if policy is None:
+        return
+    if not policy.allows_path(name.rstrip("/")):
+        raise BackupError("archive member %s is outside the restore targets (%s)"
+                          % (name, ", ".join(policy.targets + (["Redis data"] if policy.redis else [])) or "none"))
+    if name == INNER_MANIFEST:
+        return  # the archive's own list of members: read by the restore, never put on the host
+    if member.uname not in policy.owners or member.gname not in policy.groups:
+        raise BackupError("archive member %s belongs to %s:%s, not to a user (%s) and group (%s) the inventory allows"
+                          % (name, member.uname or member.uid, member.gname or member.gid,
+                             ", ".join(sorted(policy.owners)), ", ".join(sorted(policy.groups))))
+
+
+def _extract(stream, dest, policy=None):
+    """Unpack a tar.gz stream into ``dest``, every member checked before it is written. Owners are
+    set by name, only from the names the policy allows (never the archive's numeric ids); without a
+    policy everything belongs to the user unpacking. tarfile's ``data`` filter, where this Python
+    has it, checks again."""
     root = os.path.realpath(dest)
+    extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
     with tarfile.open(fileobj=stream, mode="r|gz") as tar:
         for member in tar:
+            check_member(member, policy)
             target = os.path.realpath(os.path.join(root, member.name))
             if not (target == root or target.startswith(root + os.sep)):
                 raise BackupError("archive member %s points outside the restore directory" % member.name)
-            if not (member.isfile() or member.isdir()):
-                raise BackupError("archive member %s is not a regular file" % member.name)
-            tar.extract(member, root, set_attrs=True)
+            try:
+                tar.extract(member, root, set_attrs=False, **extra)
+            except tarfile.TarError as err:
+                raise BackupError("archive member %s refused: %s" % (member.name, err))
+            os.chmod(target, member.mode & 0o777)
+            if policy is not None and member.name != INNER_MANIFEST:
+                try:
+                    uid, gid = pwd.getpwnam(member.uname).pw_uid, grp.getgrnam(member.gname).gr_gid
+                except KeyError:
+                    raise BackupError("archive member %s belongs to %s:%s, which this host does not have"
+                                      % (member.name, member.uname, member.gname))
+                os.lchown(target, uid, gid)
+
+
+# ---------------------------------------------------------------------------------------------
+# Signatures: each host signs its manifests with its own Ed25519 key (ssh-keygen -Y sign); a
+# restore verifies them with that host's public key from the inventory before it downloads or
+# decrypts anything.
+
+
+def sign_manifest(body, key_file, ssh_keygen="ssh-keygen"):
+    """The SSH signature (armored text, bytes) of ``body`` made with the private key in ``key_file``."""
+    if not os.path.isfile(key_file):
+        raise BackupError("there is no signing key at %s: the livekit_backup role installs it from "
+                          "livekit_backup_signing_key; nothing was uploaded" % key_file)
+    proc = subprocess.run([ssh_keygen, "-Y", "sign", "-f", key_file, "-n", SIGNATURE_NAMESPACE], input=body,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
+    if proc.returncode != 0 or b"BEGIN SSH SIGNATURE" not in proc.stdout:
+        raise BackupError("ssh-keygen could not sign the manifest with %s: %s"
+                          % (key_file, proc.stderr.decode(errors="replace").strip()))
+    return proc.stdout
+
+
+def public_key_problem(public_key):
+    """Why ``public_key`` is not an OpenSSH Ed25519 public key line, or None."""
+    fields = (public_key or "").split()
+    if len(fields) < 2 or fields[0] != "ssh-ed25519":
+        return "it is not an OpenSSH Ed25519 public key (ssh-ed25519 AAAA...)"
+    try:
+        blob = base64.b64decode(fields[1], validate=True)
+    except (ValueError, TypeError):
+        return "its key is not base64"
+    if blob[:15] != b"\x00\x00\x00\x0bssh-ed25519" or len(blob) != 51:
+        return "its key is not an Ed25519 key"
+    return None
+
+
+def verify_manifest(body, signature, public_key, what, ssh_keygen="ssh-keygen"):
+    """Raise BackupError (naming ``what``) unless ``signature`` is a valid signature of ``body``
+    by ``public_key`` in the backup namespace."""
+    if signature is None:
+        raise BackupError("%s is not signed (no %s next to its manifest); refusing it" % (what, SIGNATURE_NAME))
+    problem = public_key_problem(public_key)
+    if problem:
+        raise BackupError("cannot check the signature of %s: the public key given is not usable (%s)" % (what, problem))
+    scratch = tempfile.mkdtemp(prefix="livekit-verify-")
+    try:
+        allowed = os.path.join(scratch, "allowed_signers")
+        with open(allowed, "w") as handle:
+            handle.write('%s namespaces="%s" %s\n' % (SIGNER, SIGNATURE_NAMESPACE, " ".join(public_key.split()[:2])))
+        sig = os.path.join(scratch, "manifest.sig")
+        with open(sig, "wb") as handle:
+            handle.write(signature)
+        proc = subprocess.run([ssh_keygen, "-Y", "verify", "-f", allowed, "-I", SIGNER, "-n", SIGNATURE_NAMESPACE,
+                               "-s", sig], input=body, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if proc.returncode != 0:
+        reason = (proc.stderr + proc.stdout).decode(errors="replace").strip().splitlines()
+        raise BackupError("the signature of %s does not verify with the host's public key from the inventory (%s); "
+                          "it was not made by that host's signing key, or the manifest was changed: refusing it"
+                          % (what, reason[-1] if reason else "ssh-keygen exit %d" % proc.returncode))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -486,8 +624,11 @@ class Store:
         return "/".join((self.base,) + parts)
 
     def put_json(self, key, doc, extra=None):
-        body = json.dumps(doc, indent=1, sort_keys=True).encode()
-        self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="application/json",
+        return self.put_body(key, json.dumps(doc, indent=1, sort_keys=True).encode(), extra)
+
+    def put_body(self, key, body, extra=None):
+        """Write ``body`` to ``key`` and read it back; returns its SHA-256."""
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="application/json" if key.endswith(".json") else "text/plain",
                                ContentMD5=base64.b64encode(hashlib.md5(body).digest()).decode(),
                                **(extra or {}))
         back = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
@@ -497,8 +638,13 @@ class Store:
         return digest
 
     def get_json(self, key):
+        body = self.get_bytes(key)
+        return None if body is None else json.loads(body)
+
+    def get_bytes(self, key):
+        """The object's bytes, or None when there is no such object."""
         try:
-            return json.loads(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         except ClientError as err:
             if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
                 return None
@@ -659,11 +805,15 @@ def select_prune(good_ids, all_ids, latest_id, keep_last, keep_daily, keep_month
 def write_status(status_file, textfile, result, success, now):
     """Record this run for monitoring: a JSON status file and, optionally, a node-exporter
     textfile with the last success time."""
-    status = dict(read_json(status_file), last_attempt=now, last_attempt_ok=success)
+    status = read_json(status_file)
+    if result.get("skipped"):
+        status.update(last_skipped=now, last_skip_reason=result.get("msg"))
+    else:
+        status.update(last_attempt=now, last_attempt_ok=success)
     if success:
         status.update(last_success=now, last_id=result.get("id"), last_size=result.get("archive_size"),
                       last_duration=result.get("duration"))
-    else:
+    elif not result.get("skipped"):
         status["last_error"] = result.get("msg")
     atomic_write(status_file, json.dumps(status, indent=1, sort_keys=True).encode(), 0o644)
     if textfile:
@@ -673,7 +823,7 @@ def write_status(status_file, textfile, result, success, now):
             "livekit_backup_last_success_timestamp_seconds %d" % status.get("last_success", 0),
             "# HELP livekit_backup_last_attempt_ok Whether the last backup run succeeded (1) or failed (0).",
             "# TYPE livekit_backup_last_attempt_ok gauge",
-            "livekit_backup_last_attempt_ok %d" % (1 if success else 0),
+            "livekit_backup_last_attempt_ok %d" % (1 if status.get("last_attempt_ok", success) else 0),
             "# HELP livekit_backup_last_size_bytes Size of the last verified encrypted archive.",
             "# TYPE livekit_backup_last_size_bytes gauge",
             "livekit_backup_last_size_bytes %d" % (status.get("last_size") or 0),
@@ -693,11 +843,19 @@ def run_backup(cfg, store=None, now=None, clock=time.monotonic):
     if missing:
         raise BackupError("the backup configuration has no %s; nothing was done (the livekit_backup role writes "
                           "every setting to its config file: rerun site.yml or the role)" % ", ".join(missing))
+    if not os.path.isfile(cfg["signing_key"]):
+        raise BackupError("there is no signing key at %s: the livekit_backup role installs it from "
+                          "livekit_backup_signing_key (rerun site.yml); nothing was done" % cfg["signing_key"])
     started = clock()
     now = time.time() if now is None else now
     backup_id = utc_id(now)
     result = dict(id=backup_id, host=cfg["host"])
     with Lock(cfg["lock_file"], cfg["lock_timeout"]):
+        pending = restore_marker(cfg.get("restore_marker"))
+        if pending is not None:
+            raise Busy("%s is in progress or was interrupted (%s): no backup was taken, so a half-restored "
+                       "state is never uploaded as the newest backup. Finish or revert the restore (see "
+                       "docs/backup-restore.md)" % (describe_restore(pending), cfg["restore_marker"]))
         spool = cfg["spool_dir"]
         os.makedirs(spool, 0o700, exist_ok=True)
         os.chmod(spool, 0o700)
@@ -741,7 +899,11 @@ def run_backup(cfg, store=None, now=None, clock=time.monotonic):
             result["upload_seconds"] = round(clock() - upload_started, 3)
             manifest["archive"].update(key=archive_key, etag=uploaded["etag"], parts=uploaded["parts"])
             manifest_key = store.key(backup_id, MANIFEST_NAME)
-            manifest_sha = store.put_json(manifest_key, manifest, extra)
+            body = json.dumps(manifest, indent=1, sort_keys=True).encode()
+            # The signature goes up first: a manifest is never there without it.
+            store.put_body(store.key(backup_id, SIGNATURE_NAME),
+                           sign_manifest(body, cfg["signing_key"], cfg.get("ssh_keygen") or "ssh-keygen"), extra)
+            manifest_sha = store.put_body(manifest_key, body, extra)
             latest = dict(id=backup_id, manifest=manifest_key, manifest_sha256=manifest_sha,
                           created=manifest["created"], created_ts=manifest["created_ts"])
             store.put_json(store.key(LATEST_NAME), latest, extra)
@@ -770,10 +932,14 @@ def run_backup(cfg, store=None, now=None, clock=time.monotonic):
 
 def run_and_record(cfg, status_file, textfile=None):
     """run_backup, then record the outcome for monitoring. Returns (ok, result); on failure the
-    result's msg says what failed and what was left behind."""
+    result's msg says what failed and what was left behind. A run skipped on purpose (another run
+    holds the lock, a restore is in progress) has ``skipped`` set and is recorded as a skip, not a
+    failure."""
     try:
         result = run_backup(cfg)
         ok = True
+    except Busy as err:
+        result, ok = dict(msg=str(err), id=None, skipped=True), False
     except (BackupError, OSError) as err:
         result, ok = dict(msg=str(err), id=None), False
     write_status(status_file, textfile, result, ok, time.time())
@@ -804,7 +970,7 @@ def prune_local(spool, host, keep, current):
 # livekit_backup module's options (plugins/modules/livekit_backup.py) and, for the timer's config
 # file, the livekit_backup role's defaults/main.yml. They are not repeated here.
 REQUIRED = ("host", "paths", "recipients", "bucket", "prefix", "s3", "part_size", "spool_dir", "lock_file",
-            "lock_timeout", "keep_last", "keep_daily", "keep_monthly")
+            "lock_timeout", "keep_last", "keep_daily", "keep_monthly", "signing_key")
 
 # Settings of this library alone (neither the module nor the role exposes them), and the optional
 # settings whose absence (or null) means "none".
@@ -818,6 +984,8 @@ DEFAULTS = dict(
     local_keep=2,
     incomplete_grace=INCOMPLETE_GRACE,
     livekit_version=None,
+    restore_marker=None,
+    ssh_keygen="ssh-keygen",
 )
 
 
@@ -825,35 +993,52 @@ DEFAULTS = dict(
 # Reading backups back
 
 
-def find_backup(store, backup_id="latest"):
-    """The manifest of ``backup_id`` (or of the one "latest" points to)."""
+def find_backup(store, backup_id="latest", public_key=None, ssh_keygen="ssh-keygen"):
+    """The manifest of ``backup_id`` (or of the one "latest" points to), its signature verified
+    with ``public_key`` (the host's, from the inventory) before anything else is read. The
+    manifest must name the host and id it is filed under."""
     if backup_id in (None, "", "latest"):
         latest = store.get_json(store.key(LATEST_NAME))
         if not latest:
             raise BackupError("there is no backup of %s yet (no %s)" % (store.base, store.key(LATEST_NAME)))
         backup_id = latest["id"]
-    manifest = store.get_json(store.key(backup_id, MANIFEST_NAME))
-    if not manifest:
-        raise BackupError("backup %s of %s has no manifest: it never completed, or does not exist"
-                          % (backup_id, store.base))
+    what = "backup %s of %s" % (backup_id, store.base)
+    body = store.get_bytes(store.key(backup_id, MANIFEST_NAME))
+    if body is None:
+        raise BackupError("%s has no manifest: it never completed, or does not exist" % what)
+    verify_manifest(body, store.get_bytes(store.key(backup_id, SIGNATURE_NAME)), public_key, what, ssh_keygen)
+    try:
+        manifest = json.loads(body)
+    except ValueError:
+        raise BackupError("the manifest of %s is not JSON; refusing it" % what)
+    if manifest.get("id") != backup_id or store.base.split("/")[-1] != manifest.get("host"):
+        raise BackupError("%s: its signed manifest says it is backup %s of %s; refusing it"
+                          % (what, manifest.get("id"), manifest.get("host")))
+    if not str(manifest.get("archive", {}).get("key", "")).startswith(store.key(backup_id) + "/"):
+        raise BackupError("%s: its manifest points to an archive outside it; refusing it" % what)
     return manifest
 
 
-def fetch_backup(store, manifest, identity, dest, age="age"):
-    """Download the archive of ``manifest`` into ``dest``, check size and SHA-256 against the
-    manifest, decrypt and unpack it, and check every member. Nothing outside ``dest`` changes."""
+def fetch_backup(store, manifest, identity, dest, age="age", policy=None):
+    """Download the archive of ``manifest`` (verified by find_backup) into ``dest``, check size and
+    SHA-256 against the manifest, decrypt and unpack it (every member checked with ``policy``), and
+    check every member's checksum. Nothing outside ``dest`` changes."""
+    what = "backup %s of %s" % (manifest["id"], manifest["host"])
     os.makedirs(dest, 0o700, exist_ok=True)
     archive = os.path.join(dest, ARCHIVE_NAME)
     got = store.download(manifest["archive"]["key"], archive)
     want = manifest["archive"]
     if got["size"] != want["size"] or got["sha256"] != want["sha256"]:
-        raise BackupError("the archive of backup %s does not match its manifest (size %d vs %d, sha256 %s vs %s); "
-                          "refusing to restore it" % (manifest["id"], got["size"], want["size"],
+        raise BackupError("the archive of %s does not match its manifest (size %d vs %d, sha256 %s vs %s); "
+                          "refusing to restore it" % (what, got["size"], want["size"],
                                                       got["sha256"][:16], want["sha256"][:16]))
     unpacked = os.path.join(dest, "unpacked")
     if os.path.isdir(unpacked):
         shutil.rmtree(unpacked)
-    inner = decrypt_archive(archive, identity, unpacked, age)
+    try:
+        inner = decrypt_archive(archive, identity, unpacked, age, policy)
+    except BackupError as err:
+        raise BackupError("%s refused: %s" % (what, err))
     if inner.get("id") != manifest["id"] or inner.get("host") != manifest["host"]:
         raise BackupError("the archive says it is backup %s of %s, the manifest says %s of %s"
                           % (inner.get("id"), inner.get("host"), manifest["id"], manifest["host"]))
@@ -863,93 +1048,262 @@ def fetch_backup(store, manifest, identity, dest, age="age"):
 
 # ---------------------------------------------------------------------------------------------
 # Putting a fetched backup in place, reversibly
+#
+# Every step that touches live data is a rename(2) inside the target's own directory (so on its
+# filesystem), followed by an fsync of that directory. The restored copy is staged next to each
+# target first (``.<name>.livekit-restore-new``), the live copy is renamed aside next to it
+# (``.<name>.livekit-restore-old``) and the staged copy renamed into place. A journal, written
+# (and fsynced) before the first rename, names every target; revert_restore reads only the journal
+# and what exists on disk, so it puts the live data back exactly after a crash at any point, and
+# it never deletes the live copy: it only ever removes what it can prove is the restored one.
 
 
 JOURNAL = "journal.json"
+STAGE_SUFFIX = ".livekit-restore-new"
+ASIDE_SUFFIX = ".livekit-restore-old"
+DISCARD_SUFFIX = ".livekit-restore-discard"
 
 
-def restore_plan(unpacked, inner, redis_dir):
-    """(source in ``unpacked``, target on the host) pairs: each backed-up top-level path, and the
-    Redis RDB and AOF directory."""
+def sibling(target, suffix):
+    """A hidden name next to ``target``: same directory, so the same filesystem."""
+    parent, name = os.path.split(os.path.abspath(target))
+    return os.path.join(parent, "." + name + suffix)
+
+
+def fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _rename(src, dst):
+    """rename(2), then fsync the directory so the new name survives a crash."""
+    os.rename(src, dst)
+    fsync_dir(os.path.dirname(dst))
+    if os.path.dirname(src) != os.path.dirname(dst):
+        fsync_dir(os.path.dirname(src))
+
+
+def _remove(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+def _write_journal(journal_dir, journal):
+    atomic_write(os.path.join(journal_dir, JOURNAL), json.dumps(journal, indent=1).encode(), 0o600)
+    fsync_dir(journal_dir)
+
+
+def read_journal(journal_dir):
+    path = os.path.join(journal_dir, JOURNAL)
+    if not os.path.exists(path):
+        return None
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def restore_targets(paths):
+    """The absolute, normalised ``paths`` without those inside another one of them."""
+    targets = sorted({os.path.normpath(os.path.abspath(path)) for path in paths})
+    return [t for t in targets if not any(t != o and t.startswith(o.rstrip("/") + "/") for o in targets)]
+
+
+def restore_plan(unpacked, paths, redis_dir=None, redis_names=REDIS_NAMES):
+    """(restored copy in ``unpacked`` or None, target on this host) pairs. The targets are the
+    ``paths`` and the Redis files the caller names (from the inventory), never what the archive
+    says. A path the archive has no copy of is left alone; when the archive holds Redis data, a
+    Redis file it lacks (say, the AOF of a Redis that had none) is moved aside with nothing in its
+    place, so Redis starts on the restored data alone."""
     plan = []
-    for path in inner.get("paths", []):
-        source = os.path.join(unpacked, "files" + os.path.abspath(path))
-        if os.path.exists(source):
-            plan.append((source, os.path.abspath(path)))
-    redis = inner.get("redis") or {}
-    if redis and redis_dir:
-        for name in (redis.get("rdb"), redis.get("aof")):
-            if name:
-                plan.append((os.path.join(unpacked, "redis", name), os.path.join(redis_dir, name)))
+    for target in restore_targets(paths):
+        source = os.path.join(unpacked, "files" + target)
+        if os.path.lexists(source):
+            plan.append((source, target))
+    redis_backup = os.path.join(unpacked, "redis")
+    if redis_dir and os.path.isdir(redis_backup):
+        for name in redis_names:
+            source = os.path.join(redis_backup, name)
+            target = os.path.join(os.path.abspath(redis_dir), name)
+            if os.path.lexists(source):
+                plan.append((source, target))
+            elif os.path.lexists(target):
+                plan.append((None, target))
     return plan
 
 
-def apply_restore(plan, aside_dir, owner=None):
-    """Move each target aside (into ``aside_dir``) and the restored copy into its place. A
-    journal in ``aside_dir`` records every step, so revert_restore can undo it, even after a
-    crash halfway. ``owner`` maps a target to (uid, gid) to give restored files (Redis data)."""
-    if os.path.exists(os.path.join(aside_dir, JOURNAL)):
+def _copy_tree(source, dest):
+    """Copy ``source`` to ``dest`` keeping modes and owners, every file and directory fsynced."""
+    info = os.lstat(source)
+    if os.path.isdir(source):
+        os.mkdir(dest, 0o700)
+        for name in sorted(os.listdir(source)):
+            _copy_tree(os.path.join(source, name), os.path.join(dest, name))
+    else:
+        shutil.copyfile(source, dest)
+        with open(dest, "rb+") as handle:
+            os.fsync(handle.fileno())
+    os.chown(dest, info.st_uid, info.st_gid)
+    os.chmod(dest, info.st_mode & 0o7777)
+    if os.path.isdir(dest):
+        fsync_dir(dest)
+
+
+def _stage(source, stage, ids):
+    """Put the restored copy at ``stage`` (next to its target): a rename when the work directory
+    is on the same filesystem, a copy otherwise. Then give it ``ids`` (uid, gid) if set."""
+    try:
+        os.rename(source, stage)
+    except OSError as err:
+        if err.errno != errno.EXDEV:
+            raise
+        _copy_tree(source, stage)
+    if ids:
+        _chown_tree(stage, *ids)
+    fsync_dir(os.path.dirname(stage))
+
+
+def apply_restore(plan, journal_dir, owner=None, pause=0, sleep=time.sleep):
+    """Swap the restored copies in and the live copies aside (see above). ``owner`` maps a target
+    to the (uid, gid) to give its restored copy (Redis data). ``pause`` seconds are waited after
+    each rename (fault-injection drills kill the restore there). Returns the targets."""
+    if read_journal(journal_dir) is not None:
         raise BackupError("%s holds an earlier restore that was neither committed nor reverted; "
-                          "revert or commit it first" % aside_dir)
+                          "revert or commit it first" % os.path.join(journal_dir, JOURNAL))
     for source, target in plan:
-        if not os.path.exists(source):
+        if source is not None and not os.path.lexists(source):
             raise BackupError("restored copy %s is missing; nothing was changed" % source)
-    os.makedirs(aside_dir, 0o700, exist_ok=True)
-    journal = dict(steps=[])
-    for index, (source, target) in enumerate(plan):
-        aside = os.path.join(aside_dir, str(index))
-        step = dict(target=target, aside=aside, existed=os.path.lexists(target))
-        journal["steps"].append(step)
-        atomic_write(os.path.join(aside_dir, JOURNAL), json.dumps(journal).encode(), 0o600)
+        for suffix in (STAGE_SUFFIX, ASIDE_SUFFIX, DISCARD_SUFFIX):
+            if os.path.lexists(sibling(target, suffix)):
+                raise BackupError("%s is in the way (left by an earlier restore?); nothing was changed: "
+                                  "look at it and move it away" % sibling(target, suffix))
+    os.makedirs(journal_dir, 0o700, exist_ok=True)
+    steps = [dict(target=target, stage=sibling(target, STAGE_SUFFIX), aside=sibling(target, ASIDE_SUFFIX),
+                  discard=sibling(target, DISCARD_SUFFIX), existed=os.path.lexists(target),
+                  restored=source is not None)
+             for source, target in plan]
+    journal = dict(state="applying", steps=steps)
+    _write_journal(journal_dir, journal)
+    for (source, target), step in zip(plan, steps):
+        if source is not None:
+            parent = os.path.dirname(target)
+            if not os.path.isdir(parent):
+                os.makedirs(parent, 0o755)
+            _stage(source, step["stage"], (owner or {}).get(target))
+    for step in steps:
         if step["existed"]:
-            shutil.move(target, aside)
-        os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
-        shutil.move(source, target)
-        ids = (owner or {}).get(target)
-        if ids:
-            _chown_tree(target, *ids)
-        step["applied"] = True
-        atomic_write(os.path.join(aside_dir, JOURNAL), json.dumps(journal).encode(), 0o600)
-    return [step["target"] for step in journal["steps"]]
+            _rename(step["target"], step["aside"])
+            if pause:
+                sleep(pause)
+        if step["restored"]:
+            _rename(step["stage"], step["target"])
+            if pause:
+                sleep(pause)
+    journal["state"] = "applied"
+    _write_journal(journal_dir, journal)
+    return [step["target"] for step in steps]
 
 
 def _chown_tree(path, uid, gid):
-    os.chown(path, uid, gid)
+    os.lchown(path, uid, gid)
     for root, dirs, names in os.walk(path):
         for name in dirs + names:
-            os.chown(os.path.join(root, name), uid, gid)
+            os.lchown(os.path.join(root, name), uid, gid)
 
 
-def revert_restore(aside_dir):
-    """Put back what apply_restore moved aside; returns the targets restored. Safe to repeat."""
-    path = os.path.join(aside_dir, JOURNAL)
-    if not os.path.exists(path):
+def revert_restore(journal_dir):
+    """Put back what apply_restore moved aside, from whatever point it stopped at; returns the
+    targets put back. Safe to repeat, and safe to interrupt and run again."""
+    journal = read_journal(journal_dir)
+    if journal is None:
         return []
-    with open(path) as handle:
-        journal = json.load(handle)
+    if journal.get("state") == "committing":
+        raise BackupError("the restore journalled in %s was being committed when it stopped: the live copies "
+                          "are partly gone, so it cannot be reverted; finish it with state=committed"
+                          % os.path.join(journal_dir, JOURNAL))
     reverted = []
     for step in reversed(journal["steps"]):
-        target, aside = step["target"], step["aside"]
-        if step["existed"] and not os.path.lexists(aside):
-            continue  # already put back
-        if os.path.isdir(target) and not os.path.islink(target):
-            shutil.rmtree(target)
-        elif os.path.lexists(target):
-            os.unlink(target)
+        target, aside, discard = step["target"], step["aside"], step["discard"]
+        _remove(discard)  # only ever holds a restored copy
         if step["existed"]:
-            shutil.move(aside, target)
-        reverted.append(target)
-    os.unlink(path)
-    shutil.rmtree(aside_dir, ignore_errors=True)
+            # The aside name exists only once the live copy was renamed to it; the target is then
+            # absent or the restored copy.
+            if os.path.lexists(aside):
+                if os.path.lexists(target):
+                    _rename(target, discard)
+                _rename(aside, target)
+                reverted.append(target)
+        elif os.path.lexists(target):
+            # Nothing was there before the restore: what is there now is the restored copy.
+            _rename(target, discard)
+            reverted.append(target)
+        _remove(discard)
+        _remove(step["stage"])
+    os.unlink(os.path.join(journal_dir, JOURNAL))
+    fsync_dir(journal_dir)
+    shutil.rmtree(journal_dir, ignore_errors=True)
     return reverted
 
 
-def commit_restore(aside_dir):
-    """Drop what apply_restore moved aside; the restored state stays. Safe to repeat."""
-    if not os.path.exists(os.path.join(aside_dir, JOURNAL)):
+def commit_restore(journal_dir):
+    """Drop the live copies apply_restore kept aside; the restored state stays. Safe to repeat."""
+    journal = read_journal(journal_dir)
+    if journal is None:
         return False
-    shutil.rmtree(aside_dir)
+    if journal.get("state") not in ("applied", "committing"):
+        raise BackupError("the restore journalled in %s did not finish putting the backup in place (state %s); "
+                          "revert it, do not commit it" % (os.path.join(journal_dir, JOURNAL), journal.get("state")))
+    journal["state"] = "committing"
+    _write_journal(journal_dir, journal)
+    for step in journal["steps"]:
+        for path in (step["aside"], step["stage"], step["discard"]):
+            _remove(path)
+    os.unlink(os.path.join(journal_dir, JOURNAL))
+    shutil.rmtree(journal_dir, ignore_errors=True)
     return True
+
+
+# ---------------------------------------------------------------------------------------------
+# One restore at a time, and no backup of a half-restored host
+
+
+class Busy(BackupError):
+    """Another run holds the lock, or a restore is in progress: nothing was done, on purpose."""
+
+
+def restore_marker(marker):
+    """What the restore-in-progress marker says, or None when no restore is in progress."""
+    if not marker or not os.path.lexists(marker):
+        return None
+    return read_json(marker) or dict(started="?", backup="?", source="?")
+
+
+def describe_restore(pending):
+    return "a restore of backup %s of %s started at %s" % (
+        pending.get("backup"), pending.get("source"), pending.get("started"))
+
+
+def begin_restore(marker, lock_file, lock_timeout, info):
+    """Mark a restore as in progress (under the backup lock). Refuses when one already is."""
+    with Lock(lock_file, lock_timeout):
+        pending = restore_marker(marker)
+        if pending is not None:
+            raise Busy("%s is in progress or was interrupted (%s); refusing to start another. If no restore is "
+                       "running, put the live data back with restore.yml -e livekit_backup_restore_recover=true"
+                       % (describe_restore(pending), marker))
+        atomic_write(marker, json.dumps(dict(info, started=iso(time.time()))).encode(), 0o644)
+        fsync_dir(os.path.dirname(marker))
+
+
+def end_restore(marker):
+    if marker and os.path.lexists(marker):
+        os.unlink(marker)
+        fsync_dir(os.path.dirname(marker))
+        return True
+    return False
 
 
 def s3_argument_spec():

@@ -19,7 +19,11 @@ description:
     manifest, and C(latest) keeps pointing to the previous good backup.
   - Prunes old backups by O(keep_last), O(keep_daily) and O(keep_monthly), never the newest good
     one, and aborts multipart uploads that killed runs left behind.
-  - One run at a time per host (a lock file); records the last success for monitoring.
+  - Signs the manifest (which holds the archive's SHA-256) with this host's Ed25519 O(signing_key)
+    (C(ssh-keygen -Y sign), namespace C(selfhosted.livekit-backup)); restores refuse a backup whose
+    signature does not verify with the host's public key.
+  - One run at a time per host (a lock file); records the last success for monitoring. While a
+    restore is in progress (O(restore_marker)) no backup is taken.
   - The host's C(livekit-backup.timer) (role P(selfhosted.livekit.livekit_backup#role)) runs the
     same code.
 author: selfhosted.livekit maintainers (@selfhosted-livekit)
@@ -68,6 +72,20 @@ options:
         description: Redis's data directory (C(dir) in redis.conf).
         type: path
         default: /var/lib/redis
+  signing_key:
+    description:
+      - Path on the host of this host's OpenSSH Ed25519 private key (unencrypted, readable by root
+        only) that signs the manifests. The role installs it from C(livekit_backup_signing_key).
+    type: path
+    default: /etc/livekit-backup/signing_key
+    version_added: 0.5.0
+  restore_marker:
+    description:
+      - The marker M(selfhosted.livekit.livekit_restore) keeps while a restore is in progress; while
+        it is there, the run is skipped (like a run that finds the lock taken) and nothing is uploaded.
+    type: path
+    default: /var/lib/livekit-backup/restore-in-progress.json
+    version_added: 0.5.0
   livekit_version:
     description: The livekit-server version to record in the manifest.
     type: str
@@ -224,6 +242,7 @@ def module_config(params):
         part_size=params["part_size"] * 1024 * 1024, spool_dir=params["spool_dir"],
         keep_local=params["keep_local"], lock_file=params["lock_file"], lock_timeout=params["lock_timeout"],
         keep_last=params["keep_last"], keep_daily=params["keep_daily"], keep_monthly=params["keep_monthly"],
+        signing_key=params["signing_key"], restore_marker=params["restore_marker"],
     )
 
 
@@ -242,6 +261,9 @@ def check_config(module, cfg):
         lb.s3_client(**cfg["s3"]).head_bucket(Bucket=cfg["bucket"])
     except (lb.BotoCoreError, lb.ClientError) as err:
         module.fail_json(msg="cannot reach bucket %s: %s" % (cfg["bucket"], lb.describe_s3_error(err)))
+    if not os.path.isfile(cfg["signing_key"]):
+        module.fail_json(msg="there is no signing key at %s: the livekit_backup role installs it from "
+                             "livekit_backup_signing_key" % cfg["signing_key"])
 
 
 def main():
@@ -257,6 +279,8 @@ def main():
             password=dict(type="str", no_log=True),
             dir=dict(type="path", default="/var/lib/redis"),
         )),
+        signing_key=dict(type="path", default="/etc/livekit-backup/signing_key"),
+        restore_marker=dict(type="path", default="/var/lib/livekit-backup/restore-in-progress.json"),
         livekit_version=dict(type="str"),
         sse=dict(type="str", choices=["AES256", "aws:kms"]),
         sse_kms_key_id=dict(type="str"),
@@ -286,6 +310,7 @@ def main():
         check_config(module, cfg)
         module.exit_json(changed=True, msg="a backup would be taken and uploaded")
     cfg["age"] = module.get_bin_path("age", required=True)
+    cfg["ssh_keygen"] = module.get_bin_path("ssh-keygen", required=True)
     ok, result = lb.run_and_record(cfg, params["status_file"], params["textfile"])
     if not ok:
         module.fail_json(**result)

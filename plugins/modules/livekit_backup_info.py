@@ -11,7 +11,10 @@ version_added: 0.3.0
 description:
   - Lists the backups of O(host) made by M(selfhosted.livekit.livekit_backup), newest first, says
     which are complete (have a manifest) and which one C(latest) points to, and returns the manifest
-    of O(backup). Reads only; never downloads an archive.
+    of O(backup) once its signature verifies with O(public_key). Reads only; never downloads an
+    archive.
+  - A manifest whose signature does not verify (unsigned, signed by another key, changed) fails the
+    module with the backup named and the reason; its contents are not returned.
 author: selfhosted.livekit maintainers (@selfhosted-livekit)
 extends_documentation_fragment:
   - selfhosted.livekit.livekit_s3
@@ -20,6 +23,13 @@ options:
     description: Whose backups (the name they were filed under).
     type: str
     required: true
+  public_key:
+    description:
+      - The OpenSSH Ed25519 public key (C(ssh-ed25519 AAAA...)) of the host whose backups these are
+        (C(livekit_backup_signing_public_key) in its inventory).
+    type: str
+    required: true
+    version_added: 0.5.0
   backup:
     description: Which backup's manifest to return, by id, or V(latest).
     type: str
@@ -41,6 +51,7 @@ EXAMPLES = r"""
 - name: How old is the newest backup of node-1?
   selfhosted.livekit.livekit_backup_info:
     host: node-1
+    public_key: "{{ hostvars['node-1'].livekit_backup_signing_public_key }}"
     bucket: livekit-backups
     endpoint_url: https://fsn1.your-objectstorage.com
     access_key: "{{ vault_backup_access_key }}"
@@ -64,7 +75,7 @@ latest:
   returned: always
   type: dict
 manifest:
-  description: The manifest of O(backup), or null when there is no such complete backup.
+  description: The signed manifest of O(backup), or null when there is no such complete backup.
   returned: always
   type: dict
 age_seconds:
@@ -81,7 +92,8 @@ from ansible_collections.selfhosted.livekit.plugins.module_utils import livekit_
 
 def main():
     argument_spec = lb.s3_argument_spec()
-    argument_spec.update(host=dict(type="str", required=True), backup=dict(type="str", default="latest"))
+    argument_spec.update(host=dict(type="str", required=True), backup=dict(type="str", default="latest"),
+                         public_key=dict(type="str", required=True))
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     if not lb.HAS_BOTO3:
         module.fail_json(msg=missing_required_lib("boto3 (Debian: python3-boto3)"))
@@ -90,10 +102,14 @@ def main():
         store = lb.Store(lb.s3_client(**lb.s3_settings(params)), params["bucket"], params["prefix"], params["host"])
         ids, good = store.backup_ids()
         latest = store.get_json(store.key(lb.LATEST_NAME))
-        try:
-            manifest = lb.find_backup(store, params["backup"])
-        except lb.BackupError:
-            manifest = None
+        ssh_keygen = module.get_bin_path("ssh-keygen", required=True)
+        manifest = None
+        if good or latest:
+            try:
+                manifest = lb.find_backup(store, params["backup"], params["public_key"], ssh_keygen)
+            except lb.BackupError as err:
+                if "has no manifest" not in str(err) and "no backup of" not in str(err):
+                    module.fail_json(msg=str(err), backups=[dict(id=i, complete=i in good) for i in ids], latest=latest)
     except (lb.BotoCoreError, lb.ClientError) as err:
         module.fail_json(msg="cannot read s3://%s/%s: %s" % (params["bucket"], params["prefix"], lb.describe_s3_error(err)))
     result = dict(changed=False, latest=latest, manifest=manifest,

@@ -222,7 +222,18 @@ def run_secrets() -> dict[str, str]:
         for line in pathlib.Path(identity).read_text().splitlines():
             if line.startswith("AGE-SECRET-KEY-"):
                 found["age identity"] = line.strip()
+    signing = os.environ.get("LKT_BACKUP_SIGNING_KEY_FILE")
+    if signing and os.path.exists(signing):
+        found.update(signing_key_secrets(pathlib.Path(signing).read_text()))
     return found
+
+
+def signing_key_secrets(key_text: str) -> dict[str, str]:
+    """The line of an Ed25519 OpenSSH private key's body that holds its private seed (the fourth), by
+    name: seeing it in an output or command line means the key leaked. The other lines hold the
+    header, the public key (which may be shown) and the comment."""
+    lines = [line.strip() for line in key_text.strip().splitlines()[1:-1]]
+    return {"backup signing key": lines[3]} if len(lines) > 3 else {}
 
 
 class ArgvSampler(threading.Thread):

@@ -13,6 +13,8 @@ import os
 import pathlib
 import re
 import secrets
+import shlex
+import signal
 import subprocess
 import tarfile
 import time
@@ -20,12 +22,15 @@ import time
 import boto3
 import pytest
 
-from conftest import Node, Participant, load_nodes, make_token, run_playbook, twirp, wait_until
+from conftest import (Node, Participant, load_nodes, make_token, playbook_command, run_playbook, run_playbook_watched, twirp,
+                      wait_until)
 
 A, B, S3 = "lkt-bk-a", "lkt-bk-b", "lkt-s3"
 BUCKET = "livekit-backups"
 STATE = pathlib.Path(os.environ["LKT_STATE_DIR"])
 IDENTITY = pathlib.Path(os.environ["LKT_AGE_IDENTITY_FILE"])
+SIGNING_KEY = pathlib.Path(os.environ["LKT_BACKUP_SIGNING_KEY_FILE"])
+NAMESPACE = "selfhosted.livekit-backup"
 KNOWN = {f"lkt:known:{i}": secrets.token_hex(8) for i in range(50)}
 SEEN: dict = {}  # what lkt-bk-a looked like when it was backed up, for the rebuild
 
@@ -109,13 +114,40 @@ def live_state(node: Node) -> dict:
                 values=redis_values(node, sorted(KNOWN)), extra=redis_values(node, ["lkt:after", "lkt:live-only"]))
 
 
+def verifies(body: bytes, signature: bytes, key: pathlib.Path) -> bool:
+    """Whether ssh-keygen accepts ``signature`` of ``body`` by the public half of ``key``."""
+    public = subprocess.run(["ssh-keygen", "-y", "-f", str(key)], capture_output=True, text=True, check=True).stdout
+    with open(key.with_suffix(".allowed"), "w") as handle:
+        handle.write(f'signer namespaces="{NAMESPACE}" {public}')
+    sig = key.with_suffix(".sigtmp")
+    sig.write_bytes(signature)
+    return subprocess.run(["ssh-keygen", "-Y", "verify", "-f", str(key.with_suffix(".allowed")), "-I", "signer",
+                           "-n", NAMESPACE, "-s", str(sig)], input=body, capture_output=True, check=False).returncode == 0
+
+
+# Stands in for age on the host during a restore: notes whether --identity names a file on disk
+# (the identity written to a file) or reads a pipe, then runs the real age.
+SPY_LOG = "/run/lkt-age-spy.log"
+AGE_SPY = f"""#!/bin/sh
+prev=
+for arg in "$@"; do
+  if [ "$prev" = --identity ] || [ "$prev" = -i ]; then
+    if [ -f "$arg" ]; then echo "identity-file $arg" >> {SPY_LOG}; else echo "identity-pipe $arg" >> {SPY_LOG}; fi
+  fi
+  prev=$arg
+done
+echo "$1" >> {SPY_LOG}
+exec /usr/bin/age "$@"
+"""
+
+
 def test_backup_is_encrypted_verified_and_secret_free(hosts, s3, api_key, api_secret):
     node = hosts[A]
     redis(node, "MSET", *[item for pair in KNOWN.items() for item in pair])
     SEEN.update(keys_yaml=sha(node, "/etc/livekit/keys.yaml"), turn_crt=sha(node, "/etc/livekit/tls/turn.crt"),
                 livekit_yaml=sha(node, "/etc/livekit/livekit.yaml"))
 
-    result = run_playbook("backup.yml", "--limit", A, "-vvv", "--diff")
+    result = run_playbook_watched("backup.yml", "--limit", A, nodes=[node])
     assert result.returncode == 0, output(result)[-3000:]
 
     pointer = latest(s3)
@@ -138,6 +170,10 @@ def test_backup_is_encrypted_verified_and_secret_free(hosts, s3, api_key, api_se
         assert wanted in names, (wanted, names)
     assert any(name.startswith("redis/appendonlydir/") for name in names), names
     assert inner["id"] == manifest["id"]
+    # The manifest is signed with the host's key: ssh-keygen verifies it with the public key.
+    signature = s3.get_object(Bucket=BUCKET, Key=pointer["manifest"] + ".sig")["Body"].read()
+    assert verifies(s3.get_object(Bucket=BUCKET, Key=pointer["manifest"])["Body"].read(), signature, SIGNING_KEY)
+    assert node.sh("stat -c '%a %U' /etc/livekit-backup/signing_key").stdout.strip() == "400 root"
 
     secret_values = [api_secret, os.environ["LKT_REDIS_PASSWORD"], os.environ["LKT_S3_SECRET_KEY"],
                      IDENTITY.read_text().split("AGE-SECRET-KEY-")[1].split()[0]]
@@ -182,7 +218,7 @@ def test_second_run_gives_up_cleanly_while_one_holds_the_lock(hosts, s3):
     finally:
         node.sh("systemctl stop lkt-hold-lock", check=False)
     assert result.returncode != 0
-    assert "another backup holds /run/lock/livekit-backup.lock" in output(result), output(result)[-2000:]
+    assert "another backup or restore holds /run/lock/livekit-backup.lock" in output(result), output(result)[-2000:]
     assert latest(s3) == before
 
 
@@ -348,8 +384,16 @@ def test_restore_in_place_brings_back_the_backed_up_state(hosts, api_key, api_se
     redis(node, "SET", "lkt:after", "written-after-the-backup")
     redis(node, "DEL", "lkt:known:0")
     old_pids = pids(node)
-    result = run_playbook("restore.yml", "--limit", A)
+    # A look at every age the restore runs: is its --identity a file on the host's disk?
+    node.sh(f"printf '%s' {shlex.quote(AGE_SPY)} > /usr/local/bin/age && chmod 755 /usr/local/bin/age && rm -f {SPY_LOG}")
+    try:
+        result = run_playbook_watched("restore.yml", "--limit", A, nodes=[node])
+        spied = node.sh(f"cat {SPY_LOG}", check=False).stdout
+    finally:
+        node.sh("rm -f /usr/local/bin/age", check=False)
     assert result.returncode == 0, output(result)[-3000:]
+    assert "--decrypt" in spied, "the restore never ran age"
+    assert "identity-file" not in spied, f"the age identity was written to a file on the host: {spied}"
     assert redis_values(node, sorted(KNOWN)) == [KNOWN[k] for k in sorted(KNOWN)]
     assert redis_values(node, ["lkt:after"]) == [None]
     new_pids = pids(node)
@@ -371,6 +415,183 @@ def test_failed_restore_puts_the_live_data_back(hosts, api_key, api_secret):
     assert node.sh("systemctl is-active livekit-server redis-server").stdout.split() == ["active", "active"]
     assert wait_until(lambda: accepted(node, api_key, api_secret), 30)
     assert node.sh("ls -A /var/lib/livekit-restore").stdout.strip() == "", "the failed restore left files behind"
+
+
+def member(name: str, data: bytes | None = b"", mode: int = 0o640, kind: bytes = tarfile.REGTYPE, link: str = "",
+           owner: str = "root") -> tuple[tarfile.TarInfo, bytes | None]:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.linkname, info.mtime = kind, mode, link, int(time.time())
+    info.uname = info.gname = owner
+    info.size = len(data) if kind == tarfile.REGTYPE and data is not None else 0
+    return info, data if kind == tarfile.REGTYPE else None
+
+
+def publish(s3, backup_id: str, members: list, sign_with: pathlib.Path | None) -> bytes:
+    """Publish a backup of lkt-bk-a as anyone holding the bucket's S3 keys could: a tar.gz of ``members``,
+    age-encrypted for the real recipient, a manifest with the right size and SHA-256, and a signature by
+    ``sign_with`` (or none). Returns the manifest's bytes."""
+    files = [(info, data) for info, data in members if info.isfile()]
+    inner = {"format": 1, "id": backup_id, "host": A, "paths": ["/etc/livekit", "/etc/cron.d"], "redis": None,
+             "members": [{"path": i.name, "size": i.size, "sha256": hashlib.sha256(d).hexdigest()} for i, d in files]}
+    plain = io.BytesIO()
+    with tarfile.open(fileobj=plain, mode="w:gz") as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+        body = json.dumps(inner).encode()
+        info, dummy = member("backup.json", body, 0o600)
+        tar.addfile(info, io.BytesIO(body))
+    sealed = subprocess.run(["age", "-r", os.environ["LKT_AGE_RECIPIENT"]], input=plain.getvalue(), capture_output=True,
+                            check=True, timeout=60).stdout
+    key = f"livekit/{A}/{backup_id}/archive.tar.gz.age"
+    s3.put_object(Bucket=BUCKET, Key=key, Body=sealed)
+    manifest = {"format": 1, "id": backup_id, "host": A, "created": "2020-01-01T00:00:00Z", "created_ts": 1577836800,
+                "livekit_version": os.environ["LKT_LIVEKIT_VERSION"], "redis": None, "paths": inner["paths"],
+                "recipients": [os.environ["LKT_AGE_RECIPIENT"]], "members": [m["path"] for m in inner["members"]],
+                "archive": {"key": key, "size": len(sealed), "sha256": hashlib.sha256(sealed).hexdigest()}}
+    body = json.dumps(manifest, indent=1, sort_keys=True).encode()
+    s3.put_object(Bucket=BUCKET, Key=f"livekit/{A}/{backup_id}/manifest.json", Body=body)
+    if sign_with:
+        signature = subprocess.run(["ssh-keygen", "-Y", "sign", "-f", str(sign_with), "-n", NAMESPACE], input=body,
+                                   capture_output=True, check=True, timeout=60).stdout
+        s3.put_object(Bucket=BUCKET, Key=f"livekit/{A}/{backup_id}/manifest.json.sig", Body=signature)
+    return body
+
+
+def forget(s3, backup_id: str) -> None:
+    for obj in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"livekit/{A}/{backup_id}/").get("Contents", []):
+        s3.delete_object(Bucket=BUCKET, Key=obj["Key"])
+
+
+def refused_untouched(node: Node, backup_id: str, before: dict, *needles: str) -> None:
+    """restore.yml of ``backup_id`` fails naming the backup and every needle, and nothing on the host changed."""
+    result = run_playbook("restore.yml", "--limit", A, "-e", f"livekit_backup_restore_id={backup_id}")
+    text = output(result)
+    assert result.returncode != 0, f"backup {backup_id} was restored: {text[-2000:]}"
+    assert f"backup {backup_id} of livekit/{A}" in text or f"backup {backup_id} of {A}" in text, text[-2000:]
+    for needle in needles:
+        assert needle in text, (needle, text[-2000:])
+    assert live_state(node) == before
+    assert node.sh("test -e /etc/cron.d/lkt-evil || test -e /etc/livekit/lkt-suid", check=False).returncode != 0
+    assert node.sh("ls -A /var/lib/livekit-restore", check=False).stdout.strip() in ("", "aside"), \
+        "a refused backup left files behind"
+    assert node.sh("test -e /var/lib/livekit-backup/restore-in-progress.json", check=False).returncode != 0, \
+        "a refused restore left the host marked as being restored"
+
+
+def test_restore_refuses_forged_backups_before_downloading_anything(hosts, s3, tmp_path):
+    """Anyone with the S3 keys can publish a backup that age decrypts fine; only the host's signing key
+    makes one a restore trusts. The forged key file would replace the node's API keys."""
+    node = hosts[A]
+    before = live_state(node)
+    evil = [member("files/etc/livekit", None, 0o750, tarfile.DIRTYPE),
+            member("files/etc/livekit/keys.yaml", b"APIattacker: attacker-secret-attacker-secret-1234\n")]
+    other_key = tmp_path / "other-signing-key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other_key)], check=True)
+    cases = {"20200101T000001Z": (other_key, "does not verify with the host's public key"),
+             "20200101T000002Z": (None, "is not signed")}
+    try:
+        for backup_id, (key, why) in cases.items():
+            publish(s3, backup_id, evil, key)
+            refused_untouched(node, backup_id, before, why)
+        # A manifest the host really signed, changed afterwards (here: pointing at the forged archive).
+        real = get_json(s3, latest(s3)["manifest"])
+        real_sig = s3.get_object(Bucket=BUCKET, Key=latest(s3)["manifest"] + ".sig")["Body"].read()
+        publish(s3, "20200101T000003Z", evil, SIGNING_KEY)
+        forged = get_json(s3, f"livekit/{A}/20200101T000003Z/manifest.json")
+        tampered = dict(real, id="20200101T000003Z", archive=forged["archive"])
+        s3.put_object(Bucket=BUCKET, Key=f"livekit/{A}/20200101T000003Z/manifest.json",
+                      Body=json.dumps(tampered, indent=1, sort_keys=True).encode())
+        s3.put_object(Bucket=BUCKET, Key=f"livekit/{A}/20200101T000003Z/manifest.json.sig", Body=real_sig)
+        refused_untouched(node, "20200101T000003Z", before, "does not verify with the host's public key")
+    finally:
+        for backup_id in list(cases) + ["20200101T000003Z"]:
+            forget(s3, backup_id)
+
+
+def test_restore_refuses_links_setuid_foreign_owners_and_paths_outside_the_targets(hosts, s3):
+    """Signed with the host's own key (a compromised host can sign its own backups): the archive's
+    members are still checked, and what it may write comes from the inventory, not the archive."""
+    node = hosts[A]
+    before = live_state(node)
+    base = [member("files/etc/livekit", None, 0o750, tarfile.DIRTYPE)]
+    cases = {
+        "20200102T000001Z": ([member("files/etc/livekit/keys.yaml", None, 0o777, tarfile.SYMTYPE, "/etc/shadow")],
+                             "files/etc/livekit/keys.yaml is a link"),
+        "20200102T000002Z": ([member("files/etc/livekit/lkt-suid", b"#!/bin/sh\nid\n", 0o4755)],
+                             "files/etc/livekit/lkt-suid has the setuid or setgid bit"),
+        "20200102T000003Z": ([member("files/etc/cron.d", None, 0o755, tarfile.DIRTYPE),
+                              member("files/etc/cron.d/lkt-evil", b"* * * * * root id\n", 0o644)],
+                             "files/etc/cron.d is outside the restore targets"),
+        "20200102T000004Z": ([member("files/etc/livekit/lkt-owned", b"x", 0o644, owner="nobody")],
+                             "files/etc/livekit/lkt-owned belongs to nobody:nobody"),
+    }
+    try:
+        for backup_id, (members, why) in cases.items():
+            publish(s3, backup_id, base + members, SIGNING_KEY)
+            refused_untouched(node, backup_id, before, why)
+    finally:
+        for backup_id in cases:
+            forget(s3, backup_id)
+
+
+def module_pid(node: Node) -> str:
+    """The process holding the backup lock (the restore module during the swap)."""
+    return node.sh("for p in /proc/[0-9]*; do ls -l $p/fd 2>/dev/null | grep -q livekit-backup.lock "
+                   "&& echo ${p#/proc/}; done", check=False).stdout.split()[0:1]
+
+
+def test_restore_killed_mid_swap_keeps_backups_out_and_is_put_back(hosts, s3, api_key, api_secret):
+    """SIGKILL of ansible-playbook and of the restore module on the host while the live data is half
+    swapped: no backup uploads the half-restored state, a second restore is refused, and the recovery
+    run puts the live data back exactly."""
+    node = hosts[A]
+    redis(node, "SET", "lkt:mid-swap", "live-value")
+    before = live_state(node)
+    keys_before = {path: sha(node, path) for path in ("/etc/livekit/livekit.yaml", "/etc/livekit/tls/turn.key")}
+    proc = subprocess.Popen(
+        playbook_command("restore.yml", "--limit", A, "-e", "livekit_backup_restore_step_delay=3"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=pathlib.Path(__file__).resolve().parents[2])
+    try:
+        # The first live copy renamed aside (next to its target) and the swap not finished.
+        swapping = wait_until(lambda: "applying" in node.sh(
+            "cat /var/lib/livekit-restore/aside/journal.json 2>/dev/null; ls -a /etc /var/lib/redis", check=False).stdout
+            and ".livekit.livekit-restore-old" in node.sh("ls -a /etc", check=False).stdout, 240, 0.2)
+        assert swapping, "the restore never reached the swap"
+        pid = module_pid(node)
+        proc.send_signal(signal.SIGKILL)
+        if pid:
+            node.sh(f"kill -KILL {pid[0]}", check=False)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=60)
+    time.sleep(1)
+    assert "applying" in node.sh("cat /var/lib/livekit-restore/aside/journal.json").stdout, "the swap was not cut off"
+
+    # The timer's backup skips (not a failure) and uploads nothing.
+    latest_before, ids_before = latest(s3), backups(s3)[0]
+    node.sh("systemctl start livekit-backup.service")
+    assert node.sh("systemctl show -p Result --value livekit-backup.service").stdout.strip() == "success"
+    assert latest(s3) == latest_before and backups(s3)[0] == ids_before, "a backup ran during the restore"
+    status = json.loads(node.sh("cat /var/lib/livekit-backup/status.json").stdout)
+    assert "is in progress or was interrupted" in status["last_skip_reason"]
+
+    # A second restore is refused, and says how to get out.
+    again = run_playbook("restore.yml", "--limit", A)
+    assert again.returncode != 0 and "is in progress or was interrupted" in output(again), output(again)[-2000:]
+    assert "livekit_backup_restore_recover=true" in output(again)
+
+    recovered = run_playbook("restore.yml", "--limit", A, "-e", "livekit_backup_restore_recover=true")
+    assert recovered.returncode == 0, output(recovered)[-3000:]
+    after = live_state(node)
+    assert after["keys_yaml"] == before["keys_yaml"] and after["values"] == before["values"]
+    assert redis_values(node, ["lkt:mid-swap"]) == ["live-value"]
+    assert {path: sha(node, path) for path in keys_before} == keys_before
+    assert node.sh("ls -a /etc /var/lib /var/lib/redis | grep -c livekit-restore", check=False).stdout.strip() == "0"
+    assert node.sh("systemctl is-active livekit-server redis-server").stdout.split() == ["active", "active"]
+    assert wait_until(lambda: accepted(node, api_key, api_secret), 30)
+    assert node.sh("test -e /var/lib/livekit-backup/restore-in-progress.json", check=False).returncode != 0
+    redis(node, "DEL", "lkt:mid-swap")
 
 
 def test_redis_kill_9_loses_at_most_a_second_of_acknowledged_writes(hosts):
@@ -397,9 +618,9 @@ def test_rebuild_drill_restores_a_destroyed_host_on_a_fresh_one(hosts, s3, api_k
     extra = tmp_path / "drill-inventory.yml"
     extra.write_text(json.dumps({"livekit": {"hosts": {B: None}}, "redis": {"hosts": {B: None}}}))
     reports = STATE / "drill-reports"
-    result = run_playbook("rebuild_drill.yml", "-i", str(extra), "--limit", f"{B},localhost",
-                          "-e", f"livekit_backup_restore_source_host={A}", "-e", f"livekit_drill_report_dir={reports}",
-                          timeout=1200)
+    result = run_playbook_watched("rebuild_drill.yml", "-i", str(extra), "--limit", f"{B},localhost",
+                                  "-e", f"livekit_backup_restore_source_host={A}",
+                                  "-e", f"livekit_drill_report_dir={reports}", nodes=[hosts[B]], timeout=1200)
     assert result.returncode == 0, output(result)[-4000:]
 
     node = hosts[B]

@@ -5,8 +5,9 @@
 
 Run by livekit-backup.service (from its timer). The work is done by livekit_backup.py, the same
 file the selfhosted.livekit.livekit_backup module uses, installed next to this by the role.
-Exit status: 0 backed up and verified, 1 failed (the message says what was kept), 75 another
-backup was running and did not finish in time.
+Exit status: 0 backed up and verified, 1 failed (the message says what was kept), 75 skipped: another
+backup was running and did not finish in time, or a restore of this host is in progress (a
+half-restored state is never uploaded).
 """
 
 import json
@@ -26,7 +27,7 @@ def main(argv):
     ok, result = livekit_backup.run_and_record(cfg, status_file, textfile)
     if not ok:
         print("livekit-backup: %s" % result["msg"], file=sys.stderr)
-        return 75 if "another backup holds" in result["msg"] else 1
+        return 75 if result.get("skipped") else 1
     summary = {key: result.get(key) for key in ("id", "manifest_key", "archive_size", "parts", "duration", "pruned")}
     print(json.dumps(summary, sort_keys=True))
     return 0

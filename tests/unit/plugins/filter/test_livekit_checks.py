@@ -49,3 +49,18 @@ def test_firewall_rules_are_judged_like_the_module_does():
         "rule 4 is not a mapping of proto, port, sources and comment",
         "rule 5: proto 'icmp' must be tcp or udp",
     ]
+
+
+def test_ssh_public_key_of_an_ed25519_private_key(tmp_path):
+    import shutil
+    import subprocess
+    from ansible_collections.selfhosted.livekit.plugins.filter.livekit_checks import ssh_public_key
+    if not shutil.which("ssh-keygen"):
+        pytest.skip("ssh-keygen is not installed")
+    key = tmp_path / "k"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "c", "-f", str(key)], check=True)
+    assert ssh_public_key(key.read_text()) == " ".join((tmp_path / "k.pub").read_text().split()[:2])
+    locked = tmp_path / "locked"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "a passphrase", "-f", str(locked)], check=True)
+    for bad in ("", None, "AGE-SECRET-KEY-1X", locked.read_text(), key.read_text().replace("A", "B", 3)):
+        assert ssh_public_key(bad) == ""

@@ -4,9 +4,12 @@ playbooks are exercised by the backup molecule scenario."""
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
 import shutil
+import tarfile
 import subprocess
 import threading
 
@@ -62,7 +65,7 @@ def test_incomplete_backups_go_only_when_old_and_superseded():
 def test_lock_lets_one_run_through_and_times_the_other_out(tmp_path):
     path = str(tmp_path / "backup.lock")
     with lb.Lock(path, 1):
-        with pytest.raises(lb.BackupError, match="another backup holds"):
+        with pytest.raises(lb.Busy, match="another backup or restore holds"):
             with lb.Lock(path, 1):
                 pass
     with lb.Lock(path, 1):  # free again once the first run ended
@@ -152,29 +155,148 @@ def test_apply_then_revert_restores_the_live_state(tmp_path):
     assert lb.revert_restore(aside) == []  # safe to repeat
 
 
-def test_revert_after_a_crash_halfway(tmp_path):
+def test_revert_refuses_nothing_when_a_restored_copy_is_missing(tmp_path):
     live = tmp_path / "live"
     live.mkdir()
     (live / "a").write_text("live-a")
-    (live / "b").write_text("live-b")
     fetched = tmp_path / "fetched"
     fetched.mkdir()
     (fetched / "a").write_text("new-a")
-    aside = tmp_path / "aside"
     plan = [(str(fetched / "a"), str(live / "a")), (str(tmp_path / "missing"), str(live / "b"))]
     with pytest.raises(lb.BackupError, match="missing"):
-        lb.apply_restore(plan, str(aside))
+        lb.apply_restore(plan, str(tmp_path / "aside"))
     # Nothing moved when a restored copy is missing up front.
-    assert (live / "a").read_text() == "live-a"
-    # A crash right after step 0: the journal names the step (it is written first), the live
-    # file is aside, the restored copy in its place, and step 1 never ran.
-    aside.mkdir()
-    os.rename(live / "a", aside / "0")
-    shutil.copy(fetched / "a", live / "a")
-    step = {"target": str(live / "a"), "aside": str(aside / "0"), "existed": True}
-    (aside / lb.JOURNAL).write_text(json.dumps({"steps": [step]}))
-    lb.revert_restore(str(aside))
-    assert (live / "a").read_text() == "live-a" and (live / "b").read_text() == "live-b"
+    assert (live / "a").read_text() == "live-a" and sorted(os.listdir(live)) == ["a"]
+
+
+class Crash(BaseException):
+    """The process dies here (SIGKILL, power loss): nothing after this point runs."""
+
+
+def tree(root):
+    """Every path under ``root`` with its content (files) and mode: what a user would compare."""
+    seen = {}
+    for base, dirs, names in os.walk(root):
+        for name in dirs + names:
+            path = os.path.join(base, name)
+            rel = os.path.relpath(path, root)
+            seen[rel] = (open(path, "rb").read() if os.path.isfile(path) else None, os.lstat(path).st_mode)
+    return seen
+
+
+def restore_fixture(tmp_path):
+    """Live data, and restored copies in a work directory that counts as another filesystem."""
+    live = tmp_path / "live"
+    (live / "etc" / "tls").mkdir(parents=True)
+    (live / "etc" / "keys.yaml").write_text("live keys\n")
+    (live / "etc" / "tls" / "turn.key").write_text("live key\n")
+    (live / "etc" / "tls" / "turn.crt").write_text("live crt\n")
+    (live / "redis").mkdir()
+    (live / "redis" / "dump.rdb").write_bytes(b"live rdb" * 100)
+    work = tmp_path / "work"
+    fetched = work / "fetched"
+    (fetched / "etc" / "tls").mkdir(parents=True)
+    (fetched / "etc" / "keys.yaml").write_text("restored keys\n")
+    (fetched / "etc" / "tls" / "turn.key").write_text("restored key\n")
+    (fetched / "dump.rdb").write_bytes(b"restored rdb")
+    (fetched / "new").mkdir()
+    (fetched / "new" / "file").write_text("new")
+    plan = [(str(fetched / "etc"), str(live / "etc")), (str(fetched / "dump.rdb"), str(live / "redis" / "dump.rdb")),
+            (str(fetched / "new"), str(live / "new"))]
+    return live, work, plan
+
+
+@pytest.mark.parametrize("crash_after", range(0, 16))
+def test_a_crash_at_any_point_of_the_swap_is_reverted_exactly(tmp_path, monkeypatch, crash_after):
+    """The work directory is on another filesystem than the live data (rename gives EXDEV across), and
+    the process dies after ``crash_after`` renames or file copies. Reverting from what is on disk must
+    give back exactly the live data: every file, its content and mode, and nothing else."""
+    live, work, plan = restore_fixture(tmp_path)
+    before = tree(live)
+    real_rename, real_copyfile, real_copy2 = os.rename, shutil.copyfile, shutil.copy2
+    done = {"n": 0}
+
+    def tick():
+        done["n"] += 1
+        if done["n"] > crash_after:
+            raise Crash()
+
+    def rename(src, dst, *args, **kwargs):
+        if str(src).startswith(str(work)) != str(dst).startswith(str(work)):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        tick()
+        return real_rename(src, dst, *args, **kwargs)
+
+    def copyfile(src, dst, *args, **kwargs):
+        tick()
+        return real_copyfile(src, dst, *args, **kwargs)
+
+    def copy2(src, dst, *args, **kwargs):
+        tick()
+        return real_copy2(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(shutil, "copyfile", copyfile)
+    monkeypatch.setattr(shutil, "copy2", copy2)
+    try:
+        lb.apply_restore(plan, str(work / "aside"))
+        crashed = False
+    except Crash:
+        crashed = True
+    monkeypatch.undo()
+    lb.revert_restore(str(work / "aside"))
+    assert tree(live) == before, "after a crash at step %d the revert did not give back the live data" % crash_after
+    if not crashed:
+        assert crash_after >= 10  # the whole swap fits in the range tried
+
+
+def test_a_swap_never_copies_or_deletes_live_data(tmp_path, monkeypatch):
+    """Live data only ever moves by rename inside its own directory."""
+    live, work, plan = restore_fixture(tmp_path)
+    real_rename = os.rename
+    moved = []
+
+    def rename(src, dst, *args, **kwargs):
+        moved.append((str(src), str(dst)))
+        return real_rename(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rename", rename)
+    lb.apply_restore(plan, str(work / "aside"))
+    monkeypatch.undo()
+    for src, dst in moved:
+        if src.startswith(str(live)):  # a live path, or a staged copy next to one
+            assert os.path.dirname(src) == os.path.dirname(dst), (src, dst)
+    assert (live / ".etc.livekit-restore-old" / "keys.yaml").read_text() == "live keys\n"
+    assert lb.commit_restore(str(work / "aside"))
+    assert sorted(os.listdir(live)) == ["etc", "new", "redis"] and os.listdir(live / "redis") == ["dump.rdb"]
+
+
+def test_commit_refuses_a_swap_that_did_not_finish(tmp_path):
+    live, work, plan = restore_fixture(tmp_path)
+    aside = work / "aside"
+    aside.mkdir(parents=True)
+    (aside / lb.JOURNAL).write_text(json.dumps({"state": "applying", "steps": []}))
+    with pytest.raises(lb.BackupError, match="revert it, do not commit it"):
+        lb.commit_restore(str(aside))
+
+
+def test_a_restore_in_progress_refuses_a_second_one_and_makes_backups_skip(tmp_path):
+    marker, lock = str(tmp_path / "state" / "restore.json"), str(tmp_path / "lock")
+    lb.begin_restore(marker, lock, 1, dict(source="node-1", backup="latest"))
+    with pytest.raises(lb.Busy, match="a restore of backup latest of node-1 started at .* is in progress"):
+        lb.begin_restore(marker, lock, 1, dict(source="node-1", backup="latest"))
+    key = tmp_path / "signing"
+    key.write_text("not used")
+    cfg = dict(host="node-1", paths=[], recipients=["age1x"], bucket="b", prefix="p", s3={}, part_size=5 << 20,
+               spool_dir=str(tmp_path / "spool"), lock_file=lock, lock_timeout=1, keep_last=1, keep_daily=0,
+               keep_monthly=0, signing_key=str(key), restore_marker=marker)
+    status = str(tmp_path / "status.json")
+    ok, result = lb.run_and_record(cfg, status)
+    assert not ok and result["skipped"] and "no backup was taken" in result["msg"]
+    recorded = json.load(open(status))
+    assert "last_attempt_ok" not in recorded and recorded["last_skip_reason"] == result["msg"]
+    assert not os.path.exists(tmp_path / "spool"), "a backup started during a restore wrote an archive"
+    assert lb.end_restore(marker) and lb.restore_marker(marker) is None
 
 
 def test_commit_drops_the_aside_copies(tmp_path):
@@ -246,7 +368,7 @@ def test_run_backup_passes_the_socket_to_the_redis_client(monkeypatch, tmp_path)
                       "dir": "/x"},
                spool_dir=str(tmp_path / "spool"), lock_file=str(tmp_path / "lock"), recipients=["age1x"],
                host="node", paths=[], bucket="b", prefix="livekit", s3={}, part_size=16 * 1048576, lock_timeout=5,
-               keep_last=3, keep_daily=30, keep_monthly=12)
+               keep_last=3, keep_daily=30, keep_monthly=12, signing_key=__file__)
     with pytest.raises(Stop):
         lb.run_backup(cfg, store=object())
     assert seen == {"socket": "/run/redis/redis-server.sock", "host": "127.0.0.1", "port": 6379}
@@ -258,3 +380,134 @@ def test_run_backup_without_a_setting_names_it_and_does_nothing(tmp_path):
         lb.run_backup(cfg, store=object())
     assert "keep_monthly" in str(err.value)
     assert not (tmp_path / "spool").exists() and not (tmp_path / "lock").exists()
+
+
+# ---- what a restore accepts from an archive ----------------------------------------------------
+
+
+def sealed_tar(tmp_path, recipient, members):
+    """An age-encrypted tar.gz of (TarInfo, bytes or None), with a backup.json listing the files."""
+    plain = io.BytesIO()
+    with tarfile.open(fileobj=plain, mode="w:gz") as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+        body = json.dumps({"id": "x", "host": "h", "members": []}).encode()
+        info = tarfile.TarInfo(lb.INNER_MANIFEST)
+        info.size = len(body)
+        tar.addfile(info, io.BytesIO(body))
+    path = tmp_path / "a.age"
+    path.write_bytes(subprocess.run(["age", "-r", recipient], input=plain.getvalue(), capture_output=True,
+                                    check=True).stdout)
+    return str(path)
+
+
+def entry(name, data=b"x", mode=0o644, kind=tarfile.REGTYPE, link="", owner="root"):
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.linkname, info.uname, info.gname = kind, mode, link, owner, owner
+    info.size = len(data) if kind == tarfile.REGTYPE else 0
+    return info, data if kind == tarfile.REGTYPE else None
+
+
+POLICY = dict(paths=["/etc/livekit"], redis=True, owners=["root"], groups=["root"])
+
+
+@pytest.mark.parametrize("members, refusal", [
+    ([entry("files/etc/livekit/keys.yaml", kind=tarfile.SYMTYPE, link="/etc/shadow")], "is a link"),
+    ([entry("files/etc/livekit/k", kind=tarfile.LNKTYPE, link="files/etc/livekit/x")], "is a link"),
+    ([entry("files/etc/livekit/dev", kind=tarfile.CHRTYPE)], "device, FIFO or other special file"),
+    ([entry("files/etc/livekit/run", mode=0o4755)], "setuid or setgid"),
+    ([entry("files/etc/livekit/run", mode=0o2755)], "setuid or setgid"),
+    ([entry("/etc/livekit/keys.yaml")], "absolute path or '..'"),
+    ([entry("files/etc/livekit/../../../etc/passwd")], "absolute path or '..'"),
+    ([entry("files/etc/cron.d/evil")], "outside the restore targets"),
+    ([entry("redis/../../etc/x")], "absolute path or '..'"),
+    ([entry("redis/evil.so")], "outside the restore targets"),
+    ([entry("files/etc/livekit/owned", owner="nobody")], "belongs to nobody:nobody"),
+])
+def test_unsafe_archive_members_are_refused_before_they_are_written(tmp_path, identity, members, refusal):
+    secret, recipient = identity
+    archive = sealed_tar(tmp_path, recipient, members)
+    out = tmp_path / "out"
+    with pytest.raises(lb.BackupError, match=refusal):
+        lb.decrypt_archive(archive, secret, str(out), policy=lb.ExtractPolicy(**POLICY))
+    written = [os.path.join(base, name) for base, dirs, names in os.walk(out) for name in names]
+    assert written == [], written
+    assert not os.path.exists("/etc/cron.d/evil")
+
+
+def test_the_identity_reaches_age_through_a_pipe_not_a_file(tmp_path, identity, monkeypatch):
+    secret, recipient = identity
+    archive = sealed_tar(tmp_path, recipient, [entry("files/etc/livekit/a")])
+    seen = []
+    real_popen = subprocess.Popen
+
+    def popen(args, *rest, **kwargs):
+        position = args.index("--identity") + 1
+        seen.append((args[position], os.path.isfile(args[position])))
+        return real_popen(args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    lb.decrypt_archive(archive, secret, str(tmp_path / "out"), policy=lb.ExtractPolicy(**POLICY))
+    assert seen == [("-", False)]
+    assert (tmp_path / "out" / "files" / "etc" / "livekit" / "a").read_bytes() == b"x"
+
+
+# ---- signatures ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def signing_key(tmp_path):
+    if not shutil.which("ssh-keygen"):
+        pytest.skip("ssh-keygen is not installed")
+    path = tmp_path / "signing"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    return str(path), (tmp_path / "signing.pub").read_text().strip()
+
+
+class FakeStore:
+    def __init__(self, objects, base="livekit/node-1"):
+        self.objects, self.base = objects, base
+
+    def key(self, *parts):
+        return "/".join((self.base,) + parts)
+
+    def get_bytes(self, key):
+        return self.objects.get(key)
+
+    def get_json(self, key):
+        return json.loads(self.objects[key]) if key in self.objects else None
+
+
+def signed_store(key_file, manifest=None, sign=True):
+    manifest = manifest or {"id": "20261123T031500Z", "host": "node-1",
+                            "archive": {"key": "livekit/node-1/20261123T031500Z/archive.tar.gz.age"}}
+    body = json.dumps(manifest).encode()
+    objects = {"livekit/node-1/latest.json": json.dumps({"id": "20261123T031500Z"}).encode(),
+               "livekit/node-1/20261123T031500Z/manifest.json": body}
+    if sign:
+        objects["livekit/node-1/20261123T031500Z/manifest.json.sig"] = lb.sign_manifest(body, key_file)
+    return FakeStore(objects)
+
+
+def test_a_backup_signed_by_its_host_is_found(signing_key):
+    key_file, public = signing_key
+    assert lb.find_backup(signed_store(key_file), "latest", public)["id"] == "20261123T031500Z"
+
+
+def test_unsigned_forged_and_changed_manifests_are_refused(signing_key, tmp_path):
+    key_file, public = signing_key
+    with pytest.raises(lb.BackupError, match="backup 20261123T031500Z of livekit/node-1 is not signed"):
+        lb.find_backup(signed_store(key_file, sign=False), "latest", public)
+    other = tmp_path / "other"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    with pytest.raises(lb.BackupError, match="does not verify with the host's public key"):
+        lb.find_backup(signed_store(str(other)), "latest", public)
+    store = signed_store(key_file)
+    key = "livekit/node-1/20261123T031500Z/manifest.json"
+    store.objects[key] = store.objects[key].replace(b"archive.tar.gz.age", b"evil.tar.gz.age")
+    with pytest.raises(lb.BackupError, match="does not verify"):
+        lb.find_backup(store, "latest", public)
+    # A genuine manifest of another host (or id), copied under this one's name.
+    with pytest.raises(lb.BackupError, match="says it is backup 20261123T031500Z of node-2"):
+        lb.find_backup(signed_store(key_file, {"id": "20261123T031500Z", "host": "node-2", "archive": {}}),
+                       "latest", public)

@@ -357,9 +357,10 @@ def build_archive(out_path, recipients, staging_dirs, files, inner_manifest, age
                         path = os.path.join(root, entry)
                         arcname = os.path.join(name, os.path.relpath(path, directory))
                         members.append(_add(tar, path, arcname))
+            archived = set(files)
             for path in files:
-                if os.path.isdir(path) and not os.path.islink(path):
-                    tar.add(path, "files" + path, recursive=False)  # keeps its mode and owner
+                if (os.path.isdir(path) and not os.path.islink(path)) or _kept_link(path, archived):
+                    tar.add(path, "files" + path, recursive=False)  # keeps its mode, owner and link
                 else:
                     members.append(_add(tar, path, "files" + path))
             body = json.dumps(dict(inner_manifest, members=members), indent=1, sort_keys=True).encode()
@@ -398,8 +399,28 @@ def _add(tar, path, arcname):
     return dict(path=arcname, size=info.size, sha256=reader.digest.hexdigest())
 
 
+def link_inside(path, linkname, top):
+    """Whether a symbolic link at ``path`` to ``linkname`` is relative and stays inside ``top``
+    (as certbot's live/<name>/*.pem -> ../../archive/<name>/*.pem links do)."""
+    if not linkname or os.path.isabs(linkname) or "\x00" in linkname:
+        return False
+    resolved = os.path.normpath(os.path.join(os.path.dirname(path), linkname))
+    top = os.path.normpath(top)
+    return resolved.startswith(top.rstrip("/") + "/")
+
+
+def _kept_link(path, archived):
+    """Whether ``path`` is a relative link to something archived with it (stored as the link)."""
+    if not os.path.islink(path):
+        return False
+    linkname = os.readlink(path)
+    return not os.path.isabs(linkname) and os.path.normpath(os.path.join(os.path.dirname(path), linkname)) in archived
+
+
 def expand_paths(paths):
-    """Directories and regular files under ``paths``, parents first; missing paths are skipped."""
+    """Directories, regular files and symbolic links under ``paths``, parents first; missing paths
+    are skipped. A link is kept as a link when it is relative and stays inside its backed-up path
+    (certbot's live/ links); any other link is followed and its file stored, as before."""
     found = []
     for path in paths:
         path = os.path.abspath(path)
@@ -409,8 +430,12 @@ def expand_paths(paths):
             for root, dirs, names in os.walk(path):
                 dirs.sort()
                 found.append(root)
-                found.extend(os.path.join(root, name) for name in sorted(names)
-                             if os.path.isfile(os.path.join(root, name)))
+                for name in sorted(names + [d for d in dirs if os.path.islink(os.path.join(root, d))]):
+                    entry = os.path.join(root, name)
+                    if os.path.islink(entry) and link_inside(entry, os.readlink(entry), path):
+                        found.append(entry)
+                    elif os.path.isfile(entry):
+                        found.append(entry)
     return found
 
 
@@ -484,9 +509,16 @@ def check_member(member, policy=None):
     parts = name.split("/")
     if not name or name.startswith("/") or ".." in parts or "\x00" in name:
         raise BackupError("archive member %r has an absolute path or '..'" % name)
-    if member.issym() or member.islnk():
-        raise BackupError("archive member %s is a link (to %s)" % (name, member.linkname))
-    if not (member.isfile() or member.isdir()):
+    if member.islnk():
+        raise BackupError("archive member %s is a link (a hard link, to %s)" % (name, member.linkname))
+    if member.issym():
+        top = name.split("/", 1)[0]
+        if policy is not None and name.startswith("files/"):
+            top = next(("files" + t for t in policy.targets if ("/" + name[len("files/"):]).startswith(t.rstrip("/") + "/")),
+                       None)
+        if top is None or not link_inside(name, member.linkname, top):
+            raise BackupError("archive member %s is a link to %s, outside what it belongs to" % (name, member.linkname))
+    elif not (member.isfile() or member.isdir()):
         raise BackupError("archive member %s is a device, FIFO or other special file" % name)
     if member.mode & (stat.S_ISUID | stat.S_ISGID):
         raise BackupError("archive member %s has the setuid or setgid bit (mode %o)" % (name, member.mode))
@@ -520,7 +552,8 @@ def _extract(stream, dest, policy=None):
                 tar.extract(member, root, set_attrs=False, **extra)
             except tarfile.TarError as err:
                 raise BackupError("archive member %s refused: %s" % (member.name, err))
-            os.chmod(target, member.mode & 0o777)
+            if not member.issym():
+                os.chmod(target, member.mode & 0o777)
             if policy is not None and member.name != INNER_MANIFEST:
                 try:
                     uid, gid = pwd.getpwnam(member.uname).pw_uid, grp.getgrnam(member.gname).gr_gid
@@ -861,6 +894,7 @@ def run_backup(cfg, store=None, now=None, clock=time.monotonic):
         os.chmod(spool, 0o700)
         work = tempfile.mkdtemp(prefix="run-%s-" % backup_id, dir=spool)
         archive = os.path.join(spool, "%s-%s.tar.gz.age" % (cfg["host"], backup_id))
+        untouched = "nothing was uploaded and 'latest' still points to the previous backup"
         try:
             staging = {}
             redis_facts = None
@@ -868,14 +902,21 @@ def run_backup(cfg, store=None, now=None, clock=time.monotonic):
                 redis_cfg = cfg["redis"]
                 redis = Redis(redis_cfg["host"], int(redis_cfg["port"]),
                               redis_cfg.get("password") or "", unix_socket=redis_cfg.get("socket"))
-                redis_facts = redis_snapshot(redis, redis_cfg["dir"],
-                                             os.path.join(work, "redis"), cfg["redis_timeout"])
+                try:
+                    redis_facts = redis_snapshot(redis, redis_cfg["dir"],
+                                                 os.path.join(work, "redis"), cfg["redis_timeout"])
+                except (BackupError, OSError) as err:
+                    raise BackupError("taking Redis's snapshot failed (%s); %s" % (err, untouched))
                 staging["redis"] = os.path.join(work, "redis")
             files = expand_paths(cfg["paths"])
             inner = dict(format=FORMAT, id=backup_id, host=cfg["host"], created=iso(now),
                          created_ts=int(now), paths=cfg["paths"], redis=redis_facts,
                          livekit_version=cfg.get("livekit_version"))
-            members = build_archive(archive, cfg["recipients"], staging, files, inner, cfg["age"])
+            try:
+                members = build_archive(archive, cfg["recipients"], staging, files, inner, cfg["age"])
+            except (BackupError, OSError) as err:
+                _remove(archive)
+                raise BackupError("packing the encrypted archive in %s failed (%s); %s" % (spool, err, untouched))
             result.update(archive=archive, archive_size=os.path.getsize(archive),
                           archive_sha256=sha256_file(archive), members=len(members),
                           redis=redis_facts, packed_seconds=round(clock() - started, 3))
@@ -1138,6 +1179,10 @@ def restore_plan(unpacked, paths, redis_dir=None, redis_names=REDIS_NAMES):
 def _copy_tree(source, dest):
     """Copy ``source`` to ``dest`` keeping modes and owners, every file and directory fsynced."""
     info = os.lstat(source)
+    if stat.S_ISLNK(info.st_mode):
+        os.symlink(os.readlink(source), dest)
+        os.lchown(dest, info.st_uid, info.st_gid)
+        return
     if os.path.isdir(source):
         os.mkdir(dest, 0o700)
         for name in sorted(os.listdir(source)):

@@ -5,9 +5,11 @@ playbooks are exercised by the backup molecule scenario."""
 from __future__ import annotations
 
 import errno
+import grp
 import io
 import json
 import os
+import pwd
 import shutil
 import tarfile
 import subprocess
@@ -90,6 +92,9 @@ def identity(tmp_path):
     return path.read_text(), recipient
 
 
+OWNER, GROUP = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
+
+
 def make_tree(root):
     (root / "etc" / "lk" / "tls").mkdir(parents=True)
     (root / "etc" / "lk" / "keys.yaml").write_text("APIkey: secret\n")
@@ -112,6 +117,28 @@ def test_archive_round_trip_checks_every_member(tmp_path, identity):
     assert inner["id"] == "x"
     assert (tmp_path / "out" / ("files%s/etc/lk/tls/turn.key" % src)).read_text() == "KEY\n"
     assert not [p for p in os.listdir(tmp_path / "out") if p.startswith(".age-identity")]
+
+
+def test_certbot_links_come_back_as_links_and_other_links_as_files(tmp_path, identity):
+    """/etc/letsencrypt's live/<name>/*.pem are relative links into archive/<name>/: certbot renews only
+    when they are links again after a restore. A link leaving the backed-up path is stored as its file."""
+    secret, recipient = identity
+    src = tmp_path / "src"
+    le = src / "letsencrypt"
+    (le / "archive" / "lk").mkdir(parents=True)
+    (le / "live" / "lk").mkdir(parents=True)
+    (le / "archive" / "lk" / "fullchain1.pem").write_text("CHAIN\n")
+    os.symlink("../../archive/lk/fullchain1.pem", le / "live" / "lk" / "fullchain.pem")
+    (src / "outside.txt").write_text("OUTSIDE\n")
+    os.symlink(str(src / "outside.txt"), le / "live" / "lk" / "absolute")
+    archive = str(tmp_path / "a.age")
+    lb.build_archive(archive, [recipient], {}, lb.expand_paths([str(le)]), {"id": "x", "paths": [str(le)]})
+    out = tmp_path / "out"
+    lb.decrypt_archive(archive, secret, str(out), policy=lb.ExtractPolicy(paths=[str(le)], owners=[OWNER], groups=[GROUP]))
+    live = out / ("files%s/live/lk" % le)
+    assert os.readlink(live / "fullchain.pem") == "../../archive/lk/fullchain1.pem"
+    assert (live / "fullchain.pem").read_text() == "CHAIN\n"
+    assert not os.path.islink(live / "absolute") and (live / "absolute").read_text() == "OUTSIDE\n"
 
 
 def test_wrong_identity_is_refused(tmp_path, identity):
@@ -414,6 +441,8 @@ POLICY = dict(paths=["/etc/livekit"], redis=True, owners=["root"], groups=["root
 @pytest.mark.parametrize("members, refusal", [
     ([entry("files/etc/livekit/keys.yaml", kind=tarfile.SYMTYPE, link="/etc/shadow")], "is a link"),
     ([entry("files/etc/livekit/k", kind=tarfile.LNKTYPE, link="files/etc/livekit/x")], "is a link"),
+    ([entry("files/etc/livekit/k", kind=tarfile.SYMTYPE, link="../shadow")], "is a link"),
+    ([entry("files/etc/livekit/k", kind=tarfile.SYMTYPE, link="../../../../root/.ssh")], "is a link"),
     ([entry("files/etc/livekit/dev", kind=tarfile.CHRTYPE)], "device, FIFO or other special file"),
     ([entry("files/etc/livekit/run", mode=0o4755)], "setuid or setgid"),
     ([entry("files/etc/livekit/run", mode=0o2755)], "setuid or setgid"),

@@ -17,6 +17,12 @@ LIVEKIT_UPGRADE_FROM_VERSION=${LIVEKIT_UPGRADE_FROM_VERSION:-1.13.4}
 # the proxy resolves for its newest commit (2026-02-12).
 MINIO_MODULE_VERSION=${MINIO_MODULE_VERSION:-v0.0.0-20260212201848-7aac2a2c5b7c}
 MINIO_BIN=$CACHE_DIR/bin/minio-$MINIO_MODULE_VERSION
+# promtool and amtool from Debian 12's prometheus and prometheus-alertmanager packages (the versions a
+# monitoring host runs), unpacked on the controller without installing the packages (that would start
+# their services). scripts/setup.sh fills it; $PROMETHEUS_TOOLS_DIR/bin holds the current pair.
+PROMETHEUS_TOOLS_DIR=$CACHE_DIR/prometheus-tools
+PROMTOOL=$PROMETHEUS_TOOLS_DIR/bin/promtool
+AMTOOL=$PROMETHEUS_TOOLS_DIR/bin/amtool
 # Test host images: localhost/selfhosted-livekit-test:<suite>
 TEST_IMAGE_REPO=${TEST_IMAGE_REPO:-localhost/selfhosted-livekit-test}
 TEST_SUITES=${TEST_SUITES:-"bookworm trixie"}

@@ -78,6 +78,37 @@ print(g(P)["pip"])')
 }
 start venv setup_venv
 
+# promtool/amtool for the unit stage's rule tests: Debian 12's own packages, downloaded and unpacked
+# into the cache (never installed: that would start Prometheus and Alertmanager on this machine).
+# Keyed by the package versions apt offers, so a Debian point release brings the new pair.
+prometheus_tools() {
+  local pm_version am_version dir work
+  pm_version=$(apt-cache policy prometheus | awk '/Candidate:/ {print $2}')
+  am_version=$(apt-cache policy prometheus-alertmanager | awk '/Candidate:/ {print $2}')
+  [ -n "$pm_version" ] && [ "$pm_version" != "(none)" ] && [ -n "$am_version" ] && [ "$am_version" != "(none)" ] \
+    || die "apt offers no prometheus or prometheus-alertmanager package (is Debian's main archive in the sources?)"
+  dir=$PROMETHEUS_TOOLS_DIR/prometheus_${pm_version//[:+~]/_}-alertmanager_${am_version//[:+~]/_}
+  if [ ! -f "$dir/.complete" ]; then
+    log "unpacking promtool $pm_version and amtool $am_version (Debian packages, not installed)"
+    rm -rf "$dir"
+    work=$(mktemp -d "${TMPDIR:-/tmp}/lkt-promtools.XXXXXX")
+    # apt-get download fetches into the current directory; stale package lists give a 404: update once.
+    (cd "$work" && { apt-get download -qq "prometheus=$pm_version" "prometheus-alertmanager=$am_version" 2>/dev/null \
+      || { apt-get update -qq && apt-get download -qq "prometheus=$pm_version" "prometheus-alertmanager=$am_version"; }; })
+    mkdir -p "$dir"
+    for deb in "$work"/*.deb; do dpkg-deb -x "$deb" "$dir/root"; done
+    rm -rf "$work"
+    "$dir/root/usr/bin/promtool" --version >/dev/null && "$dir/root/usr/bin/amtool" --version >/dev/null
+    touch "$dir/.complete"
+  fi
+  mkdir -p "$PROMETHEUS_TOOLS_DIR/bin"
+  ln -sfn "$dir/root/usr/bin/promtool" "$PROMTOOL"
+  ln -sfn "$dir/root/usr/bin/amtool" "$AMTOOL"
+}
+if wants unit; then
+  start prometheus-tools prometheus_tools
+fi
+
 # The real server, built from source and packaged like a release; the older release only for the
 # upgrade tests, MinIO only for the backup tests and the drill in tls. Go builds share two cores: one after the other.
 go_builds() {

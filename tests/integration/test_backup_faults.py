@@ -196,9 +196,9 @@ def test_full_spool_fails_clearly_and_uploads_nothing(host_a: Node, bucket) -> N
     assert "No space left on device" in said, said
     assert_nothing_moved(bucket, good_latest, good, host_a, said)
     assert len(keys(bucket)) == count, "a backup that could not be written still uploaded something"
+    print(f"\nbackup spool full: {said.strip().splitlines()[-1][:300]}")
     ok, said, _seconds = run_unit(host_a)
     assert ok, f"the backup after the disk was freed failed: {said}"
-    print(f"\nbackup spool full: {said.strip().splitlines()[-1][:300] if said.strip() else ''}")
 
 
 def test_full_redis_dir_fails_clearly_and_redis_keeps_its_data(host_a: Node, bucket) -> None:
@@ -217,6 +217,7 @@ def test_full_redis_dir_fails_clearly_and_redis_keeps_its_data(host_a: Node, buc
         assert "snapshot" in said.lower() and "redis" in said.lower(), said
         assert_nothing_moved(bucket, good_latest, good, host_a, said)
         assert redis_values(host_a, list(MARKED)) == list(MARKED.values())
+        print(f"\nRedis directory full: {said.strip().splitlines()[-1][:300]}")
     finally:
         host_a.sh("rm -f /var/lib/redis/filler && systemctl stop redis-server && rm -rf /run/lkt-redis-after && "
                 "cp -a /var/lib/redis /run/lkt-redis-after && umount /var/lib/redis && "
@@ -226,7 +227,6 @@ def test_full_redis_dir_fails_clearly_and_redis_keeps_its_data(host_a: Node, buc
     assert redis_values(host_a, list(MARKED)) == list(MARKED.values())
     ok, said, _seconds = run_unit(host_a)
     assert ok, f"the backup after Redis had room again failed: {said}"
-    print(f"\nRedis directory full: {said.strip().splitlines()[-1][:300] if said.strip() else ''}")
 
 
 def test_a_clock_hours_off_is_refused_by_storage_and_moves_nothing(host_a: Node, bucket) -> None:

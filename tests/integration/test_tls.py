@@ -295,8 +295,8 @@ def nginx_logs(node: Node) -> str:
                    "journalctl -u nginx.service --no-pager -o cat").stdout
 
 
-def test_join_tokens_never_reach_the_nginx_logs(tls_node: Node, pebble_root: str, resolve: list[str],
-                                               api_key: str, api_secret: str) -> None:
+def test_join_tokens_never_reach_the_nginx_logs(tls_node: Node, pebble_root: str,
+                                                api_key: str, api_secret: str) -> None:
     """SDKs put the join token in the URL (wss://.../rtc?access_token=...). A client joins through
     the proxy with a token of ours in the URL; neither it nor any token (the SDK joins above
     included) is in nginx's logs, while the request itself is."""

@@ -281,7 +281,7 @@ def test_nginx_workers_can_open_every_connection(tls_node: Node) -> None:
     """Each worker may hold worker_connections connections, two descriptors each."""
     config = tls_node.sh("nginx -T 2>/dev/null").stdout
     connections = int(config.split("worker_connections", 1)[1].split(";", 1)[0])
-    workers = tls_node.sh("pgrep -f 'nginx: worker process'").stdout.split()
+    workers = tls_node.sh("ps -o pid= --ppid $(cat /run/nginx/nginx.pid)").stdout.split()
     assert workers, "no nginx worker runs"
     for pid in workers:
         limits = tls_node.sh(f"grep 'Max open files' /proc/{pid}/limits").stdout.split()

@@ -60,7 +60,7 @@ def bucket(nodes: dict[str, Node]):
 
 
 @pytest.fixture(scope="module")
-def node(nodes: dict[str, Node], bucket) -> Node:
+def host_a(nodes: dict[str, Node], bucket) -> Node:
     """lkt-bk-a with marked Redis keys, the fault stand-in running on lkt-s3, and the unit's drop-in
     directory; everything is put back afterwards."""
     host, s3 = nodes[A], nodes[S3]
@@ -143,115 +143,115 @@ def assert_nothing_moved(client, before_latest: dict, before_manifests: set[str]
     assert "'latest' still points to the previous backup" in said or "nothing was" in said, said
 
 
-def test_storage_answering_500_fails_clearly_and_moves_nothing(node: Node, nodes: dict[str, Node], bucket) -> None:
-    ok, said, _seconds = run_unit(node)
+def test_storage_answering_500_fails_clearly_and_moves_nothing(host_a: Node, nodes: dict[str, Node], bucket) -> None:
+    ok, said, _seconds = run_unit(host_a)
     assert ok, said
     good_latest, good = latest(bucket), manifests(bucket)
-    last_success = metric(node, "livekit_backup_last_success_timestamp_seconds")
+    last_success = metric(host_a, "livekit_backup_last_success_timestamp_seconds")
     set_fault(nodes[S3], mode="error", count=-1)
-    ok, said, seconds = run_unit(node, endpoint=f"http://{S3}:{PROXY_PORT}")
+    ok, said, seconds = run_unit(host_a, endpoint=f"http://{S3}:{PROXY_PORT}")
     set_fault(nodes[S3], mode="pass")
     assert not ok
     assert "InternalError" in said and "the encrypted archive is kept at" in said, said
-    assert_nothing_moved(bucket, good_latest, good, node, said)
-    assert metric(node, "livekit_backup_last_success_timestamp_seconds") == last_success
+    assert_nothing_moved(bucket, good_latest, good, host_a, said)
+    assert metric(host_a, "livekit_backup_last_success_timestamp_seconds") == last_success
     print(f"\nS3 answering 500 to everything: failed after {seconds:.1f} s: {said.strip().splitlines()[-1][:300]}")
 
 
-def test_storage_failing_a_few_times_is_retried(node: Node, nodes: dict[str, Node], bucket) -> None:
+def test_storage_failing_a_few_times_is_retried(host_a: Node, nodes: dict[str, Node], bucket) -> None:
     before = manifests(bucket)
     nodes[S3].sh(f": > {PROXY_LOG}")
     set_fault(nodes[S3], mode="error", count=2)
-    ok, said, seconds = run_unit(node, endpoint=f"http://{S3}:{PROXY_PORT}")
+    ok, said, seconds = run_unit(host_a, endpoint=f"http://{S3}:{PROXY_PORT}")
     set_fault(nodes[S3], mode="pass")
     errors = [json.loads(line) for line in nodes[S3].sh(f"cat {PROXY_LOG}").stdout.splitlines()]
     assert [e["mode"] for e in errors].count("error") == 2, errors
     assert ok, said
     new = manifests(bucket) - before
     assert len(new) == 1 and latest(bucket)["id"] in new
-    assert metric(node, "livekit_backup_last_attempt_ok") == 1
+    assert metric(host_a, "livekit_backup_last_attempt_ok") == 1
     print(f"\nS3 answering 500 twice: retried, backed up in {seconds:.1f} s")
 
 
-def test_slow_storage_still_gives_a_complete_backup(node: Node, nodes: dict[str, Node], bucket) -> None:
+def test_slow_storage_still_gives_a_complete_backup(host_a: Node, nodes: dict[str, Node], bucket) -> None:
     before = manifests(bucket)
     set_fault(nodes[S3], mode="slow", delay=4)
-    ok, said, seconds = run_unit(node, endpoint=f"http://{S3}:{PROXY_PORT}")
+    ok, said, seconds = run_unit(host_a, endpoint=f"http://{S3}:{PROXY_PORT}")
     set_fault(nodes[S3], mode="pass")
     assert ok, said
     assert len(manifests(bucket) - before) == 1
     print(f"\nS3 waiting 4 s before each answer: backed up in {seconds:.1f} s")
 
 
-def test_full_spool_fails_clearly_and_uploads_nothing(node: Node, bucket) -> None:
+def test_full_spool_fails_clearly_and_uploads_nothing(host_a: Node, bucket) -> None:
     good_latest, good, count = latest(bucket), manifests(bucket), len(keys(bucket))
     spool = "/var/backups/livekit"
-    node.sh(f"mount -t tmpfs -o size=64k,mode=0700 lkt-full-spool {spool}")
+    host_a.sh(f"mount -t tmpfs -o size=64k,mode=0700 lkt-full-spool {spool}")
     try:
-        ok, said, _seconds = run_unit(node)
+        ok, said, _seconds = run_unit(host_a)
     finally:
-        node.sh(f"umount {spool}")
+        host_a.sh(f"umount {spool}")
     assert not ok
     assert "No space left on device" in said, said
-    assert_nothing_moved(bucket, good_latest, good, node, said)
+    assert_nothing_moved(bucket, good_latest, good, host_a, said)
     assert len(keys(bucket)) == count, "a backup that could not be written still uploaded something"
-    ok, said, _seconds = run_unit(node)
+    ok, said, _seconds = run_unit(host_a)
     assert ok, f"the backup after the disk was freed failed: {said}"
     print(f"\nbackup spool full: {said.strip().splitlines()[-1][:300] if said.strip() else ''}")
 
 
-def test_full_redis_dir_fails_clearly_and_redis_keeps_its_data(node: Node, bucket) -> None:
+def test_full_redis_dir_fails_clearly_and_redis_keeps_its_data(host_a: Node, bucket) -> None:
     """Redis's directory on a small filesystem that fills up: Redis cannot write its snapshot, the
     backup says so and uploads nothing; once there is room, Redis has every key and backs up."""
     good_latest, good = latest(bucket), manifests(bucket)
-    node.sh("systemctl stop redis-server && rm -rf /run/lkt-redis-real && cp -a /var/lib/redis /run/lkt-redis-real")
-    size_kb = int(node.sh("du -sk /var/lib/redis | cut -f1").stdout.split()[0]) + 4096
-    node.sh(f"mount -t tmpfs -o size={size_kb}k,mode=0750 lkt-full-redis /var/lib/redis && "
+    host_a.sh("systemctl stop redis-server && rm -rf /run/lkt-redis-real && cp -a /var/lib/redis /run/lkt-redis-real")
+    size_kb = int(host_a.sh("du -sk /var/lib/redis | cut -f1").stdout.split()[0]) + 4096
+    host_a.sh(f"mount -t tmpfs -o size={size_kb}k,mode=0750 lkt-full-redis /var/lib/redis && "
             "cp -a /run/lkt-redis-real/. /var/lib/redis/ && chown redis:redis /var/lib/redis && "
             "systemctl start redis-server")
     try:
-        node.sh("dd if=/dev/zero of=/var/lib/redis/filler bs=64k 2>/dev/null || true")
-        ok, said, _seconds = run_unit(node)
+        host_a.sh("dd if=/dev/zero of=/var/lib/redis/filler bs=64k 2>/dev/null || true")
+        ok, said, _seconds = run_unit(host_a)
         assert not ok
         assert "snapshot" in said.lower() and "redis" in said.lower(), said
-        assert_nothing_moved(bucket, good_latest, good, node, said)
-        assert redis_values(node, list(MARKED)) == list(MARKED.values())
+        assert_nothing_moved(bucket, good_latest, good, host_a, said)
+        assert redis_values(host_a, list(MARKED)) == list(MARKED.values())
     finally:
-        node.sh("rm -f /var/lib/redis/filler && systemctl stop redis-server && rm -rf /run/lkt-redis-after && "
+        host_a.sh("rm -f /var/lib/redis/filler && systemctl stop redis-server && rm -rf /run/lkt-redis-after && "
                 "cp -a /var/lib/redis /run/lkt-redis-after && umount /var/lib/redis && "
                 "find /var/lib/redis -mindepth 1 -delete && cp -a /run/lkt-redis-after/. /var/lib/redis/ && "
                 "chown redis:redis /var/lib/redis && rm -rf /run/lkt-redis-after /run/lkt-redis-real && "
                 "systemctl start redis-server")
-    assert redis_values(node, list(MARKED)) == list(MARKED.values())
-    ok, said, _seconds = run_unit(node)
+    assert redis_values(host_a, list(MARKED)) == list(MARKED.values())
+    ok, said, _seconds = run_unit(host_a)
     assert ok, f"the backup after Redis had room again failed: {said}"
     print(f"\nRedis directory full: {said.strip().splitlines()[-1][:300] if said.strip() else ''}")
 
 
-def test_a_clock_hours_off_is_refused_by_storage_and_moves_nothing(node: Node, bucket) -> None:
-    node.sh("command -v faketime >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
+def test_a_clock_hours_off_is_refused_by_storage_and_moves_nothing(host_a: Node, bucket) -> None:
+    host_a.sh("command -v faketime >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
             "--no-install-recommends faketime >/dev/null")
     good_latest, good = latest(bucket), manifests(bucket)
-    ok, said, _seconds = run_unit(node, wrapper="/usr/bin/faketime -f +3h ")
+    ok, said, _seconds = run_unit(host_a, wrapper="/usr/bin/faketime -f +3h ")
     assert not ok, "a backup signed with a clock 3 h ahead was accepted"
     assert "RequestTimeTooSkewed" in said or "skew" in said.lower(), said
-    assert_nothing_moved(bucket, good_latest, good, node, said)
+    assert_nothing_moved(bucket, good_latest, good, host_a, said)
     print(f"\nclock 3 h ahead: {said.strip().splitlines()[-1][:300]}")
 
 
-def test_redis_restarting_mid_backup_never_gives_an_incomplete_good_backup(node: Node, bucket) -> None:
+def test_redis_restarting_mid_backup_never_gives_an_incomplete_good_backup(host_a: Node, bucket) -> None:
     before = manifests(bucket)
-    dbsize = int(redis(node, "DBSIZE"))
+    dbsize = int(redis(host_a, "DBSIZE"))
     outcomes = []
     for _attempt in range(3):
-        node.sh("systemctl start --no-block livekit-backup.service")
+        host_a.sh("systemctl start --no-block livekit-backup.service")
         time.sleep(0.3)
-        node.sh("systemctl restart redis-server")
-        node.sh("timeout 300 sh -c 'while systemctl is-active -q livekit-backup.service; do sleep 0.5; done'", check=False)
-        invocation = node.sh("systemctl show -p InvocationID --value livekit-backup.service").stdout.strip()
-        said = node.sh(f"journalctl -o cat --no-pager _SYSTEMD_INVOCATION_ID={invocation}").stdout
-        outcomes.append((node.sh("systemctl show -p Result --value livekit-backup.service").stdout.strip(), said))
-    assert redis_values(node, list(MARKED)) == list(MARKED.values())
+        host_a.sh("systemctl restart redis-server")
+        host_a.sh("timeout 300 sh -c 'while systemctl is-active -q livekit-backup.service; do sleep 0.5; done'", check=False)
+        invocation = host_a.sh("systemctl show -p InvocationID --value livekit-backup.service").stdout.strip()
+        said = host_a.sh(f"journalctl -o cat --no-pager _SYSTEMD_INVOCATION_ID={invocation}").stdout
+        outcomes.append((host_a.sh("systemctl show -p Result --value livekit-backup.service").stdout.strip(), said))
+    assert redis_values(host_a, list(MARKED)) == list(MARKED.values())
     for result, said in outcomes:
         assert result == "success" or "redis" in said.lower(), said
     for backup_id in manifests(bucket) - before:

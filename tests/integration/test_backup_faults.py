@@ -186,7 +186,8 @@ def test_slow_storage_still_gives_a_complete_backup(host_a: Node, nodes: dict[st
 def test_full_spool_fails_clearly_and_uploads_nothing(host_a: Node, bucket) -> None:
     good_latest, good, count = latest(bucket), manifests(bucket), len(keys(bucket))
     spool = "/var/backups/livekit"
-    host_a.sh(f"mount -t tmpfs -o size=64k,mode=0700 lkt-full-spool {spool}")
+    host_a.sh(f"mount -t tmpfs -o size=64k,mode=0700 lkt-full-spool {spool} && "
+            f"(dd if=/dev/zero of={spool}/filler bs=4k 2>/dev/null || true)")
     try:
         ok, said, _seconds = run_unit(host_a)
     finally:
@@ -241,6 +242,7 @@ def test_a_clock_hours_off_is_refused_by_storage_and_moves_nothing(host_a: Node,
 
 def test_redis_restarting_mid_backup_never_gives_an_incomplete_good_backup(host_a: Node, bucket) -> None:
     before = manifests(bucket)
+    host_a.sh(f"rm -f {DROPIN} && systemctl daemon-reload")  # the timer's own command, not a fault's
     dbsize = int(redis(host_a, "DBSIZE"))
     outcomes = []
     for _attempt in range(3):

@@ -98,7 +98,7 @@ def test_drill_with_the_proxy_restores_the_certificate_and_renews_after_dns_move
     result = run_playbook_watched("rebuild_drill.yml", "-i", str(inventory), "--limit", f"{NEW['sni']},{NEW['direct']},localhost",
                                   "-e", f"livekit_drill_report_dir={reports}", nodes=[new_sni, new_direct],
                                   extra_secrets=secrets, timeout=1500)
-    assert result.returncode == 0, result.stdout[-5000:]
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     # DNS still names the old addresses: the new hosts serve the backed-up certificate, no stand-in.
     after = {

@@ -31,6 +31,7 @@ import json
 import os
 import pwd
 import grp
+import re
 import shutil
 import stat
 import socket
@@ -265,6 +266,62 @@ def redis_snapshot(redis, data_dir, dest, timeout=600, clock=time.monotonic, sle
         keys=keyspace_keys(keyspace),
         rdb_saved_at=int(info.get("rdb_last_save_time", 0)),
     )
+
+
+# A snapshot directory made by redis_snapshot carries this file (what was saved, and when), which
+# is how prune_snapshots tells its own snapshots from anything else in the same directory.
+SNAPSHOT_MARKER = "snapshot.json"
+# Snapshots taken before the marker existed: the default name, a UTC timestamp.
+_LEGACY_SNAPSHOT_NAME = re.compile(r"^[0-9]{8}T[0-9]{6}Z$")
+
+
+def write_snapshot_marker(dest, facts, now=None):
+    """Record in ``dest`` that it is a snapshot, with its facts and the time it was taken."""
+    record = dict(facts, taken_at=round(time.time() if now is None else now, 3))
+    path = os.path.join(dest, SNAPSHOT_MARKER)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(record, handle, sort_keys=True)
+        handle.write("\n")
+
+
+def snapshots_in(parent):
+    """The snapshot directories directly under ``parent``, newest first: those with a marker (by the
+    time in it) and, from before the marker existed, those with a default snapshot name (by the
+    directory's modification time). Links, files and other directories are never counted."""
+    found = []
+    try:
+        entries = list(os.scandir(parent))
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        if not entry.is_dir(follow_symlinks=False):
+            continue
+        taken = None
+        try:
+            with open(os.path.join(entry.path, SNAPSHOT_MARKER)) as handle:
+                taken = float(json.load(handle)["taken_at"])
+        except (OSError, ValueError, KeyError, TypeError):
+            if _LEGACY_SNAPSHOT_NAME.match(entry.name):
+                taken = entry.stat(follow_symlinks=False).st_mtime
+        if taken is not None:
+            found.append((taken, entry.name, entry.path))
+    return [path for _taken, _name, path in sorted(found, reverse=True)]
+
+
+def prune_snapshots(parent, keep, current=None, check_mode=False):
+    """Remove all but the newest ``keep`` snapshots under ``parent`` (``keep`` < 1 keeps them all);
+    ``current``, the snapshot just taken, is always kept. Returns the paths removed (or, in check
+    mode, that would be)."""
+    if keep < 1:
+        return []
+    snapshots = [path for path in snapshots_in(parent) if path != current]
+    room = keep - 1 if current is not None else keep
+    doomed = snapshots[max(room, 0):]
+    if not check_mode:
+        for path in doomed:
+            shutil.rmtree(path)
+    return doomed
 
 
 # Replies that no amount of waiting changes: the password is wrong, missing or not expected.

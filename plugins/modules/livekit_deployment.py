@@ -11,7 +11,8 @@ version_added: 0.2.0
 description:
   - "Keeps, in O(path), what a rollback needs and an operator asks after an incident:
     C(deployment.json) (the version the node runs, the one before it, when, by whom and through
-    which playbook), C(audit.jsonl) (one JSON line per deploy, rollback, drain, force; append only)
+    which playbook), C(audit.jsonl) (one JSON line per deploy, rollback, drain, force; appended,
+    and rotated to C(audit.jsonl.1) at 1 MiB)
     and C(config/VERSION.yaml), the last configuration each version ran with, so a rollback
     restores a binary together with a configuration it can parse."
   - With O(state=present), records that O(version) now runs (after a restart that verified it).

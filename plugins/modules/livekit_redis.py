@@ -17,7 +17,8 @@ description:
     rewrite delays the save instead of failing it), waits until that save, not an earlier one, has
     finished (Redis's C(rdb_saves) counter moved past its value before the request and no save is
     running), checks it succeeded, and copies the RDB and the append-only directory into O(dest)
-    (0700). Always reports a change.
+    (0700), with a C(snapshot.json) describing it. Always reports a change. With O(keep), then removes
+    all but the newest O(keep) snapshots next to it.
   - With O(state=loaded), waits until Redis answers and has finished loading its data set (after a
     start or a restore), and returns how many keys it holds. Changes nothing.
 author: selfhosted.livekit maintainers (@selfhosted-livekit)
@@ -52,6 +53,15 @@ options:
   dest:
     description: Directory the snapshot is copied into (created 0700). Required with O(state=snapshot).
     type: path
+  keep:
+    description:
+      - With O(state=snapshot), how many snapshots to keep in the directory above O(dest), the new one
+        included; older ones are removed after the new one is complete. V(0) keeps them all.
+      - Only directories this module made (they hold a C(snapshot.json)) or named like its default
+        timestamp names (C(20261123T031500Z)) count; nothing else in that directory is touched.
+    type: int
+    default: 0
+    version_added: 0.5.0
   timeout:
     description:
       - Seconds to wait for the snapshot (V(snapshot)) or for Redis to answer with its data loaded
@@ -63,7 +73,8 @@ attributes:
     description: Can run in check mode and return changed status prediction without modifying target.
     support: full
     details:
-      - V(snapshot) does not contact Redis and reports the copy it would make.
+      - V(snapshot) does not contact Redis and reports the copy it would make and the snapshots O(keep) would
+        remove.
       - V(loaded) only reads, so it runs as usual.
   diff_mode:
     description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
@@ -81,6 +92,7 @@ EXAMPLES = r"""
     state: snapshot
     password: "{{ redis_password }}"
     dest: /var/backups/redis/before-2.0
+    keep: 3  # this one and the two before it
   register: snapshot
 
 - name: Start Redis
@@ -124,6 +136,13 @@ redis_version:
   returned: state=snapshot and not in check mode
   type: str
   sample: 7.0.15
+pruned:
+  description: Older snapshots removed (in check mode, that would be removed) to keep O(keep).
+  returned: state=snapshot
+  type: list
+  elements: str
+  sample: [/var/backups/redis/20260101T031500Z]
+  version_added: 0.5.0
 dbsize:
   description: Keys in database 0 (what C(DBSIZE) answers).
   returned: state=loaded
@@ -135,6 +154,8 @@ keys:
   type: int
   sample: 42
 """
+
+import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.selfhosted.livekit.plugins.module_utils import livekit_backup as lb
@@ -157,11 +178,14 @@ class RedisOperation:
         return params["socket"] or "%s:%d" % (params["host"], params["port"])
 
     def snapshot(self):
-        dest = self.module.params["dest"]
+        dest = self.module.params["dest"].rstrip("/")
+        parent, keep = os.path.dirname(dest), self.module.params["keep"]
         if self.module.check_mode:
-            return dict(changed=True, path=dest)
+            return dict(changed=True, path=dest, pruned=lb.prune_snapshots(parent, keep, dest, check_mode=True))
         facts = lb.redis_snapshot(self.redis, self.module.params["data_dir"], dest, timeout=self.timeout)
-        return dict(changed=True, path=dest, **facts)
+        lb.write_snapshot_marker(dest, facts)
+        # Older snapshots go only once the new one is complete.
+        return dict(changed=True, path=dest, pruned=lb.prune_snapshots(parent, keep, dest), **facts)
 
     def loaded(self):
         return dict(changed=False, **lb.redis_wait_loaded(self.redis, timeout=self.timeout))
@@ -178,6 +202,7 @@ def main():
             data_dir=dict(type="path", default="/var/lib/redis"),
             dest=dict(type="path"),
             timeout=dict(type="int"),
+            keep=dict(type="int", default=0),
         ),
         required_if=[("state", "snapshot", ["dest"])],
         supports_check_mode=True,

@@ -155,6 +155,21 @@ def wait_until(predicate, timeout: float, step: float = 0.5):
     return None
 
 
+def security_exposure(node: Node, unit: str) -> tuple[float, str]:
+    """`systemd-analyze security` of a unit on the host: (overall exposure, the worst lines)."""
+    out = node.sh(f"systemd-analyze security --no-pager {unit}", check=False).stdout
+    overall = [line for line in out.splitlines() if "Overall exposure level" in line]
+    assert overall, f"systemd-analyze security printed no exposure for {unit}:\n{out}"
+    score = float(overall[-1].split(":", 1)[1].split()[0])
+    failing = []
+    for line in out.splitlines():
+        parts = line.split()
+        if line.lstrip().startswith("\u2717") and parts and parts[-1].replace(".", "", 1).isdigit():
+            failing.append((float(parts[-1]), line.strip()))
+    worst = "\n".join(text for _weight, text in sorted(failing, reverse=True)[:12])
+    return score, f"{overall[-1].strip()}\nworst settings:\n{worst}"
+
+
 def unit_state(node: Node) -> str:
     return node.sh("systemctl show -p ActiveState --value livekit-server").stdout.strip()
 

@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from conftest import PARTICIPANT, Node, Participant, load_nodes, run_playbook, wait_until
+from conftest import PARTICIPANT, Node, Participant, load_nodes, make_token, run_playbook, security_exposure, wait_until
 
 DOMAIN = "lk.lkt.test"  # molecule/tls/group_vars/all/tls.yml
 TURN_DOMAIN = "turn.lkt.test"
@@ -125,7 +125,10 @@ def force_renewal(node: Node) -> None:
         node.sh(f"sed -i 's/^renew_before_expiry.*/renew_before_expiry = 3650 days/' {RENEWAL_CONF}")
         renewal = node.sh("systemctl start certbot.service; systemctl show -p Result --value certbot.service",
                           check=False)
-        assert renewal.stdout.strip() == "success", renewal.stdout + renewal.stderr
+        if renewal.stdout.strip() != "success":  # say why: certbot's own words
+            why = node.sh("journalctl -u certbot.service --no-pager -o cat -n 40; "
+                          "tail -n 40 /var/log/letsencrypt/letsencrypt.log", check=False).stdout
+            pytest.fail(f"certbot.service: {renewal.stdout.strip()} {renewal.stderr}\n{why}")
     finally:
         node.sh(f"sed -i 's/^renew_before_expiry.*/renew_before_expiry = 30 days/' {RENEWAL_CONF}")
 
@@ -260,6 +263,81 @@ def test_certbot_keys_and_credentials_are_private(tls_node: Node) -> None:
     out = tls_node.sh("stat -L -c '%a %U' /etc/letsencrypt/live/livekit/privkey.pem").stdout.split()
     assert out == ["600", "root"], out
     assert tls_node.sh("systemctl is-enabled certbot.timer").stdout.strip() == "enabled"
+
+
+# ---- the proxy's units and logs (issue 13: hardened units, bounded logs, no tokens on disk) ---------
+
+@pytest.mark.parametrize("unit", ["nginx.service", "certbot.service"])
+@pytest.mark.parametrize("name", ["lkt-tls", "lkt-tls-d"])
+def test_proxy_units_are_hardened(request: pytest.FixtureRequest, name: str, unit: str) -> None:
+    """nginx and certbot (whose renewals and deploy hooks the tests above and below exercise under
+    this sandbox) rate 2.0 or better, in sni and in direct mode."""
+    score, report = security_exposure(host_named(request.config.getoption("--hosts-dir"), name), unit)
+    # nginx's master stays root and hands its workers to www-data (CAP_SETUID/SETGID, the @setuid
+    # system calls), and it opens logs owned by www-data (CAP_DAC_OVERRIDE): 2.2 is what that design
+    # reaches today (Debian's unit: 9.6). docs/hardening.md says what would take it under 2.0.
+    limit = 2.2 if unit == "nginx.service" else 2.0
+    assert score <= limit, report
+
+
+def test_nginx_workers_can_open_every_connection(tls_node: Node) -> None:
+    """Each worker may hold worker_connections connections, two descriptors each."""
+    config = tls_node.sh("nginx -T 2>/dev/null").stdout
+    connections = int(config.split("worker_connections", 1)[1].split(";", 1)[0])
+    workers = tls_node.sh("ps -o pid= --ppid $(cat /run/nginx/nginx.pid)").stdout.split()
+    assert workers, "no nginx worker runs"
+    for pid in workers:
+        limits = tls_node.sh(f"grep 'Max open files' /proc/{pid}/limits").stdout.split()
+        soft = int(limits[3])
+        assert soft >= 2 * connections, f"worker {pid}: {soft} open files for {connections} connections"
+
+
+def nginx_logs(node: Node) -> str:
+    """Everything nginx logged on the host: its files (rotated and compressed too) and its journal."""
+    return node.sh("for f in /var/log/nginx/*; do case $f in *.gz) zcat $f;; *) cat $f;; esac; done; "
+                   "journalctl -u nginx.service --no-pager -o cat").stdout
+
+
+def test_join_tokens_never_reach_the_nginx_logs(tls_node: Node, pebble_root: str,
+                                                api_key: str, api_secret: str) -> None:
+    """SDKs put the join token in the URL (wss://.../rtc?access_token=...). A client joins through
+    the proxy with a token of ours in the URL; neither it nor any token (the SDK joins above
+    included) is in nginx's logs, while the request itself is."""
+    token = make_token(api_key, api_secret, identity="log-check", roomJoin=True, room="log-check")
+    url = f"https://{DOMAIN}/rtc?access_token={token}&auto_subscribe=1&sdk=python&protocol=15"
+    out = subprocess.run(
+        ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", "--http1.1",
+         "--resolve", f"{DOMAIN}:443:{tls_node.ip}", "--cacert", pebble_root,
+         "-H", "Connection: Upgrade", "-H", "Upgrade: websocket", "-H", "Sec-WebSocket-Version: 13",
+         "-H", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", url],
+        capture_output=True, text=True, timeout=30, check=False).stdout
+    assert out == "101", out  # livekit-server accepted the join: the WebSocket opened
+    validate = subprocess.run(
+        ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
+         "--resolve", f"{DOMAIN}:443:{tls_node.ip}", "--cacert", pebble_root,
+         f"https://{DOMAIN}/rtc/validate?access_token={token}"],
+        capture_output=True, text=True, timeout=30, check=False).stdout
+    assert validate == "200", validate
+    logs = wait_until(lambda: (text := nginx_logs(tls_node)).count("/rtc/validate") and text, timeout=10)
+    assert logs, "nginx logged no /rtc/validate request at all"
+    assert token not in logs
+    assert token.split(".")[2] not in logs  # not even the signature part
+    assert "access_token" not in logs
+
+
+def test_nginx_logs_are_rotated(tls_node: Node, pebble_root: str) -> None:
+    """Debian's logrotate covers nginx's logs and runs daily; after a rotation nginx (inside its
+    sandbox, with its pid file moved) writes to the new file."""
+    assert tls_node.sh("systemctl is-enabled logrotate.timer").stdout.strip() == "enabled"
+    assert "/var/log/nginx/*.log" in tls_node.sh("cat /etc/logrotate.d/nginx").stdout
+    before = tls_node.sh("stat -c %i /var/log/nginx/access.log").stdout.strip()
+    tls_node.sh("logrotate -f /etc/logrotate.d/nginx")
+    assert tls_node.sh("stat -c %i /var/log/nginx/access.log").stdout.strip() != before
+    marker = f"/rotation-check-{secrets.token_hex(4)}"
+    subprocess.run(["curl", "-s", "-o", "/dev/null", "--max-time", "10", "--resolve", f"{DOMAIN}:443:{tls_node.ip}",
+                    "--cacert", pebble_root, f"https://{DOMAIN}{marker}"], timeout=30, check=False)
+    assert wait_until(lambda: marker in tls_node.sh("cat /var/log/nginx/access.log").stdout, timeout=10), \
+        "nginx did not reopen its access log after the rotation"
 
 
 # ---- direct mode: livekit-server terminates TURN/TLS itself on 443 of its own address ----------

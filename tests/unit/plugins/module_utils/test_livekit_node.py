@@ -229,6 +229,41 @@ def test_audit_lines_are_json_and_appended(tmp_path):
     assert oct(log.stat().st_mode & 0o777) == "0o640"
 
 
+def test_audit_log_is_capped_with_one_rotated_file(tmp_path):
+    """Years of drains and rotations never grow the audit log past its cap: audit.jsonl stays at or
+    under 1 MiB, one older file (audit.jsonl.1) keeps the events before it, and the newest event is
+    always in audit.jsonl, whole."""
+    log = tmp_path / "audit.jsonl"
+    padding = "x" * 200
+    for number in range(12000):  # about 3 MiB of events
+        append_audit(str(log), "drain_started", number=number, note=padding)
+    rotated = tmp_path / "audit.jsonl.1"
+    assert log.stat().st_size <= 1024 * 1024
+    assert rotated.stat().st_size <= 1024 * 1024
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["audit.jsonl", "audit.jsonl.1"]
+    current = [json.loads(line) for line in log.read_text().splitlines()]
+    older = [json.loads(line) for line in rotated.read_text().splitlines()]
+    assert current[-1]["number"] == 11999
+    # No event is split or lost across the rotation: the two files hold one unbroken run.
+    numbers = [event["number"] for event in older + current]
+    assert numbers == list(range(numbers[0], 12000))
+    # The cap keeps at least 1 MiB of history, not just the newest lines.
+    assert len(log.read_text()) + len(rotated.read_text()) > 1024 * 1024
+    assert oct(log.stat().st_mode & 0o777) == "0o640"
+
+
+def test_audit_events_of_a_running_drain_are_on_disk_at_once_across_a_rotation(tmp_path):
+    """The restart writes each event as it happens (on_event); a rotation in the middle of a drain
+    keeps the events written so far readable, in order, and the next one lands in the new file."""
+    log = tmp_path / "audit.jsonl"
+    for number in range(3):
+        append_audit(str(log), "drain_started", max_bytes=300, number=number, note="y" * 80)
+        lines = log.read_text().splitlines()
+        assert json.loads(lines[-1])["number"] == number  # readable before the next event exists
+    assert (tmp_path / "audit.jsonl.1").exists()
+    assert len(log.read_text()) <= 300
+
+
 def test_list_nodes_table_is_read():
     """list-nodes.txt is the real output of livekit-server 1.13.5 list-nodes on a test host."""
     from pathlib import Path

@@ -167,3 +167,54 @@ def test_loaded_fails_at_once_on_a_wrong_password(redis, tmp_path, capsys):
 def test_loaded_names_the_socket_when_redis_never_answers(tmp_path, capsys):
     rc, out = run(dict(state="loaded", socket=str(tmp_path / "missing.sock"), password=PASSWORD, timeout=1), capsys)
     assert rc == 1 and "missing.sock" in out["msg"] and "within 1 s" in out["msg"]
+
+
+def snapshot_named(tmp_path, name, **extra):
+    return dict(snapshot_args(tmp_path, timeout=5, **extra), dest=str(tmp_path / "snap" / name))
+
+
+def test_snapshots_beyond_keep_are_removed_oldest_first(redis, tmp_path, capsys):
+    """Every major upgrade leaves a snapshot; with keep=3 the directory holds the newest three and
+    never anything else of the operator's is touched."""
+    redis()
+    snap = tmp_path / "snap"
+    snap.mkdir()
+    (snap / "operator-notes").mkdir()  # not a snapshot: neither marker nor timestamp name
+    (snap / "README").write_text("keep me")
+    names = ["20260101T000000Z", "before-2.0", "20260301T000000Z", "20260401T000000Z", "20260501T000000Z"]
+    for number, name in enumerate(names):
+        rc, out = run(snapshot_named(tmp_path, name, keep=3), capsys)
+        assert rc == 0, out
+        assert (snap / name / "dump.rdb").read_bytes() == b"fresh snapshot"
+        marker = json.loads((snap / name / "snapshot.json").read_text())
+        assert marker["keys"] == 3
+        # Times in the markers are what orders them: make each one clearly later than the last.
+        marker["taken_at"] = 1_700_000_000 + number
+        (snap / name / "snapshot.json").write_text(json.dumps(marker))
+    left = sorted(p.name for p in snap.iterdir())
+    assert left == sorted(["20260301T000000Z", "20260401T000000Z", "20260501T000000Z", "operator-notes", "README"])
+    assert out["pruned"] == [str(snap / "before-2.0")]  # the last run removed one; the run before, one more
+
+
+def test_keep_counts_snapshots_from_before_the_marker(redis, tmp_path, capsys):
+    """Snapshots taken by an older version (timestamp names, no snapshot.json) count and go first."""
+    redis()
+    snap = tmp_path / "snap"
+    for name in ("20250101T000000Z", "20250201T000000Z", "20250301T000000Z"):
+        (snap / name).mkdir(parents=True)
+        (snap / name / "dump.rdb").write_bytes(b"old")
+    rc, out = run(snapshot_named(tmp_path, "20260101T000000Z", keep=2), capsys)
+    assert rc == 0, out
+    assert sorted(p.name for p in snap.iterdir()) == ["20250301T000000Z", "20260101T000000Z"]
+    assert sorted(out["pruned"]) == [str(snap / "20250101T000000Z"), str(snap / "20250201T000000Z")]
+
+
+def test_keep_in_check_mode_reports_and_removes_nothing(redis, tmp_path, capsys):
+    server = redis()
+    snap = tmp_path / "snap"
+    for name in ("20250101T000000Z", "20250201T000000Z"):
+        (snap / name).mkdir(parents=True)
+    rc, out = run(snapshot_named(tmp_path, "20260101T000000Z", keep=2), capsys, check_mode=True)
+    assert rc == 0 and out["pruned"] == [str(snap / "20250101T000000Z")]
+    assert sorted(p.name for p in snap.iterdir()) == ["20250101T000000Z", "20250201T000000Z"]
+    assert server.commands == []

@@ -22,7 +22,7 @@ import time
 import boto3
 import pytest
 
-from conftest import Node, load_nodes
+from conftest import Node, load_nodes, security_exposure
 
 A, S3 = "lkt-bk-a", "lkt-s3"
 BUCKET = "livekit-backups"
@@ -260,3 +260,10 @@ def test_redis_restarting_mid_backup_never_gives_an_incomplete_good_backup(host_
         manifest = json.loads(bucket.get_object(Bucket=BUCKET, Key=f"livekit/{A}/{backup_id}/manifest.json")["Body"].read())
         assert manifest["redis"]["keys"] >= dbsize, f"backup {backup_id} is marked good without all of Redis's keys"
     print(f"\nRedis restarted mid-backup: {[outcome[0] for outcome in outcomes]}")
+
+
+def test_the_backup_unit_runs_sandboxed(host_a: Node) -> None:
+    """The faults above ran livekit-backup.service in its sandbox; this is its exposure (9.0 before)."""
+    score, report = security_exposure(host_a, "livekit-backup.service")
+    assert score <= 2.0, report
+    print(f"\nlivekit-backup.service: {report.splitlines()[0]}")

@@ -187,7 +187,7 @@ def test_full_spool_fails_clearly_and_uploads_nothing(host_a: Node, bucket) -> N
     good_latest, good, count = latest(bucket), manifests(bucket), len(keys(bucket))
     spool = "/var/backups/livekit"
     host_a.sh(f"mount -t tmpfs -o size=64k,mode=0700 lkt-full-spool {spool} && "
-            f"(dd if=/dev/zero of={spool}/filler bs=4k 2>/dev/null || true)")
+              f"(dd if=/dev/zero of={spool}/filler bs=4k 2>/dev/null || true)")
     try:
         ok, said, _seconds = run_unit(host_a)
     finally:
@@ -208,8 +208,8 @@ def test_full_redis_dir_fails_clearly_and_redis_keeps_its_data(host_a: Node, buc
     host_a.sh("systemctl stop redis-server && rm -rf /run/lkt-redis-real && cp -a /var/lib/redis /run/lkt-redis-real")
     size_kb = int(host_a.sh("du -sk /var/lib/redis | cut -f1").stdout.split()[0]) + 4096
     host_a.sh(f"mount -t tmpfs -o size={size_kb}k,mode=0750 lkt-full-redis /var/lib/redis && "
-            "cp -a /run/lkt-redis-real/. /var/lib/redis/ && chown redis:redis /var/lib/redis && "
-            "systemctl start redis-server")
+              "cp -a /run/lkt-redis-real/. /var/lib/redis/ && chown redis:redis /var/lib/redis && "
+              "systemctl start redis-server")
     try:
         host_a.sh("dd if=/dev/zero of=/var/lib/redis/filler bs=64k 2>/dev/null || true")
         ok, said, _seconds = run_unit(host_a)
@@ -220,10 +220,10 @@ def test_full_redis_dir_fails_clearly_and_redis_keeps_its_data(host_a: Node, buc
         print(f"\nRedis directory full: {said.strip().splitlines()[-1][:300]}")
     finally:
         host_a.sh("rm -f /var/lib/redis/filler && systemctl stop redis-server && rm -rf /run/lkt-redis-after && "
-                "cp -a /var/lib/redis /run/lkt-redis-after && umount /var/lib/redis && "
-                "find /var/lib/redis -mindepth 1 -delete && cp -a /run/lkt-redis-after/. /var/lib/redis/ && "
-                "chown redis:redis /var/lib/redis && rm -rf /run/lkt-redis-after /run/lkt-redis-real && "
-                "systemctl start redis-server")
+                  "cp -a /var/lib/redis /run/lkt-redis-after && umount /var/lib/redis && "
+                  "find /var/lib/redis -mindepth 1 -delete && cp -a /run/lkt-redis-after/. /var/lib/redis/ && "
+                  "chown redis:redis /var/lib/redis && rm -rf /run/lkt-redis-after /run/lkt-redis-real && "
+                  "systemctl start redis-server")
     assert redis_values(host_a, list(MARKED)) == list(MARKED.values())
     ok, said, _seconds = run_unit(host_a)
     assert ok, f"the backup after Redis had room again failed: {said}"
@@ -231,7 +231,7 @@ def test_full_redis_dir_fails_clearly_and_redis_keeps_its_data(host_a: Node, buc
 
 def test_a_clock_hours_off_is_refused_by_storage_and_moves_nothing(host_a: Node, bucket) -> None:
     host_a.sh("command -v faketime >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
-            "--no-install-recommends faketime >/dev/null")
+              "--no-install-recommends faketime >/dev/null")
     good_latest, good = latest(bucket), manifests(bucket)
     ok, said, _seconds = run_unit(host_a, wrapper="/usr/bin/faketime -f +3h ")
     assert not ok, "a backup signed with a clock 3 h ahead was accepted"

@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # The whole test suite: lint, sanity, unit tests, then molecule scenarios on real test hosts,
 # cheapest first so the quick failures show up early. Installs what it needs (scripts/setup.sh).
-# Usage: scripts/test.sh [stage...]   stages: lint sanity unit bad_input default tls backup cluster  (default: all)
+# Usage: scripts/test.sh [stage...]   stages: lint sanity unit bad_input default monitoring tls backup cluster  (default: all)
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(lint sanity unit bad_input default tls backup cluster)
+[ ${#stages[@]} -gt 0 ] || stages=(lint sanity unit bad_input default monitoring tls backup cluster)
 
 # The older release and MinIO (only tls, backup and cluster use them) build while the stages before
 # those run; their two Go builds would otherwise add minutes to a fresh machine's run.
 late_setup_pid=
-if [[ " ${stages[*]} " =~ \ (tls|backup|cluster)\  ]] && [[ " ${stages[*]} " =~ \ (lint|sanity|unit|bad_input|default)\  ]]; then
+if [[ " ${stages[*]} " =~ \ (tls|backup|cluster)\  ]] && [[ " ${stages[*]} " =~ \ (lint|sanity|unit|bad_input|default|monitoring)\  ]]; then
   bash scripts/setup.sh --defer-extra-builds "${stages[@]}"
   late_setup_log=$(mktemp "${TMPDIR:-/tmp}/lkt-setup-late.XXXXXX")
   bash scripts/setup.sh --no-images "${stages[@]}" >"$late_setup_log" 2>&1 &
@@ -116,8 +116,8 @@ for stage in "${stages[@]}"; do
     sanity) run_stage sanity stage_sanity ;;
     unit) run_stage unit stage_unit ;;
     tls|backup|cluster) late_setup; run_stage "molecule:$stage" bash -c "$(declare -f stage_molecule); stage_molecule $stage" ;;
-    bad_input|default) run_stage "molecule:$stage" bash -c "$(declare -f stage_molecule); stage_molecule $stage" ;;
-    *) die "unknown stage $stage (lint sanity unit bad_input default tls backup cluster)" ;;
+    bad_input|default|monitoring) run_stage "molecule:$stage" bash -c "$(declare -f stage_molecule); stage_molecule $stage" ;;
+    *) die "unknown stage $stage (lint sanity unit bad_input default monitoring tls backup cluster)" ;;
   esac
 done
 

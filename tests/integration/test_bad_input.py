@@ -164,6 +164,11 @@ CASES = [
      ("livekit_server_turn_allow_restricted_peer_cidrs", "10.0.0.0/33")),
     ("metrics-sources-not-networks", {"livekit_server_prometheus_sources": ["prometheus.internal"]},
      ("livekit_server_prometheus_sources", "prometheus.internal")),
+    # ---- livekit_exporters ----------------------------------------------------------------------------
+    ("exporter-sources-not-networks", {"livekit_exporters_prometheus_sources": ["prometheus.internal"]},
+     ("livekit_exporters_prometheus_sources", "prometheus.internal", "CIDR")),
+    ("exporters-on-a-public-address", {"livekit_exporters_listen_address": "8.8.8.8"},
+     ("livekit_exporters_listen_address", "8.8.8.8", "private")),
     # ---- livekit_server: livekit_server_config_extra (item 9) ------------------------------------
     ("config-extra-moves-signalling-port", {"livekit_server_config_extra": {"port": 8080}},
      ("livekit_server_config_extra", "port", "livekit_server_port")),

@@ -90,6 +90,9 @@ def test_drill_with_the_proxy_restores_the_certificate_and_renews_after_dns_move
     for mode in ("sni", "direct"):
         host_vars[NEW[mode]]["livekit_backup_restore_source_host"] = OLD[mode]
     new_sni, new_direct = nodes[NEW["sni"]], nodes[NEW["direct"]]
+    # A replacement has addresses of its own (reusing the old one would also meet stale ARP entries).
+    second_address = second_address.rsplit(".", 1)[0] + ".251"
+    host_vars[NEW["direct"]]["lkt_turn_address"] = second_address
     prefix = new_direct.sh("ip -o -4 address show scope global | awk '{print $4}'").stdout.split()[0].split("/")[1]
     new_direct.sh(f"ip address add {second_address}/{prefix} dev $(ip -o -4 route show default | awk '{{print $5}}')")
     inventory = tmp_path / "drill-inventory.yml"

@@ -76,7 +76,8 @@ def test_a_drain_outlives_the_controller(cluster, api_key, api_secret, people):
     assert call["summary"]["disconnected"] is False, call
     assert wait_until(lambda: unit_state(a) == "active" and main_pid(a) not in ("0", pid), 90), (
         "node A did not restart on its own after the call ended")
-    assert [e for e in audit(a)[seen:] if e["event"] == "restarted"], audit(a)[seen:]
+    # The unit is up before the detached restart has checked its health and logged it.
+    assert wait_until(lambda: [e for e in audit(a)[seen:] if e["event"] == "restarted"], 120), audit(a)[seen:]
 
     # The next run finds the restart done and puts the scenario's settings back.
     again = run_playbook("site.yml", timeout=600)

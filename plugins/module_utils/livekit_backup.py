@@ -1268,10 +1268,34 @@ def _stage(source, stage, ids):
     fsync_dir(os.path.dirname(stage))
 
 
-def apply_restore(plan, journal_dir, owner=None, pause=0, sleep=time.sleep):
+def _keep_live(steps, keep_live):
+    """Copy each live file of ``keep_live`` into the staged copy of the target that holds it, so the
+    swap keeps what this host's inventory made (livekit.yaml names this host's addresses; the backup's
+    names those of the host it came from). Only staged copies change: nothing live does."""
+    for path in keep_live or []:
+        path = os.path.abspath(path)
+        if not os.path.isfile(path) or os.path.islink(path):
+            continue
+        for step in steps:
+            top = step["target"].rstrip("/") + "/"
+            if step["restored"] and path.startswith(top) and os.path.isdir(step["stage"]):
+                staged = os.path.join(step["stage"], path[len(top):])
+                if os.path.isdir(os.path.dirname(staged)):
+                    info = os.stat(path)
+                    shutil.copyfile(path, staged + ".live")
+                    os.chown(staged + ".live", info.st_uid, info.st_gid)
+                    os.chmod(staged + ".live", info.st_mode & 0o7777)
+                    with open(staged + ".live", "rb+") as handle:
+                        os.fsync(handle.fileno())
+                    os.rename(staged + ".live", staged)
+                    fsync_dir(os.path.dirname(staged))
+
+
+def apply_restore(plan, journal_dir, owner=None, pause=0, sleep=time.sleep, keep_live=None):
     """Swap the restored copies in and the live copies aside (see above). ``owner`` maps a target
     to the (uid, gid) to give its restored copy (Redis data). ``pause`` seconds are waited after
-    each rename (fault-injection drills kill the restore there). Returns the targets."""
+    each rename (fault-injection drills kill the restore there). ``keep_live`` lists files inside
+    the targets whose live version replaces the backup's (_keep_live). Returns the targets."""
     if read_journal(journal_dir) is not None:
         raise BackupError("%s holds an earlier restore that was neither committed nor reverted; "
                           "revert or commit it first" % os.path.join(journal_dir, JOURNAL))
@@ -1295,6 +1319,7 @@ def apply_restore(plan, journal_dir, owner=None, pause=0, sleep=time.sleep):
             if not os.path.isdir(parent):
                 os.makedirs(parent, 0o755)
             _stage(source, step["stage"], (owner or {}).get(target))
+    _keep_live(steps, keep_live)
     for step in steps:
         if step["existed"]:
             _rename(step["target"], step["aside"])

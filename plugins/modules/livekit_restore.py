@@ -124,6 +124,15 @@ options:
     type: float
     default: 0
     version_added: 0.5.0
+  keep_live:
+    description:
+      - Files inside the restored paths whose live version replaces the backup's in O(state=applied),
+        because this host's inventory made them for this host (C(livekit.yaml) names the host's own
+        addresses; a backup restored on a rebuilt host names the old host's). Missing files are skipped.
+    type: list
+    elements: path
+    default: []
+    version_added: 0.5.0
   bucket:
     description: The bucket the backups live in. Needed for O(state=fetched).
     type: str
@@ -271,7 +280,7 @@ def apply(module, params):
     try:
         with lb.Lock(params["lock_file"], params["lock_timeout"]):
             try:
-                targets = lb.apply_restore(plan, params["aside_dir"], owner, params["step_delay"])
+                targets = lb.apply_restore(plan, params["aside_dir"], owner, params["step_delay"], keep_live=params["keep_live"])
             except (lb.BackupError, OSError) as err:
                 try:
                     lb.revert_restore(params["aside_dir"])
@@ -331,6 +340,7 @@ def main():
         lock_file=dict(type="path", default="/run/lock/livekit-backup.lock"),
         lock_timeout=dict(type="int", default=600),
         step_delay=dict(type="float", default=0),
+        keep_live=dict(type="list", elements="path", default=[]),
     )
     argument_spec["bucket"]["required"] = False
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)

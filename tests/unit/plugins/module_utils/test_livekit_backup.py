@@ -540,3 +540,23 @@ def test_unsigned_forged_and_changed_manifests_are_refused(signing_key, tmp_path
     with pytest.raises(lb.BackupError, match="says it is backup 20261123T031500Z of node-2"):
         lb.find_backup(signed_store(key_file, {"id": "20261123T031500Z", "host": "node-2", "archive": {}}),
                        "latest", public)
+
+
+def test_a_restore_keeps_the_live_file_this_host_made_and_reverts_cleanly(tmp_path):
+    """livekit.yaml names this host's addresses (site.yml made it from the inventory); a backup from
+    another host names that host's. The swap keeps the live one and restores everything else."""
+    live = tmp_path / "etc" / "livekit"
+    live.mkdir(parents=True)
+    (live / "livekit.yaml").write_text("turn: 10.0.0.251\n")
+    (live / "keys.yaml").write_text("APInew: live\n")
+    restored = tmp_path / "unpacked" / "livekit"
+    restored.mkdir(parents=True)
+    (restored / "livekit.yaml").write_text("turn: 10.0.0.250\n")
+    (restored / "keys.yaml").write_text("APIold: backed-up\n")
+    journal = tmp_path / "journal"
+    lb.apply_restore([(str(restored), str(live))], str(journal), keep_live=[str(live / "livekit.yaml")])
+    assert (live / "livekit.yaml").read_text() == "turn: 10.0.0.251\n"
+    assert (live / "keys.yaml").read_text() == "APIold: backed-up\n"
+    lb.revert_restore(str(journal))
+    assert (live / "keys.yaml").read_text() == "APInew: live\n"
+    assert (live / "livekit.yaml").read_text() == "turn: 10.0.0.251\n"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 import threading
@@ -143,6 +144,15 @@ def run_playbook(playbook: str, *args: str, env: dict | None = None, timeout: fl
         playbook_command(playbook, *args), capture_output=True, text=True, timeout=timeout, check=False,
         cwd=REPO, env=dict(os.environ, **plain, **(env or {})),
     )
+
+
+def tcp_reachable(ip: str, port: int, timeout: float = 3) -> bool:
+    """Whether a TCP connection to ip:port opens from the controller."""
+    try:
+        with socket.create_connection((ip, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def wait_until(predicate, timeout: float, step: float = 0.5):

@@ -16,7 +16,6 @@ import json
 import os
 import pathlib
 import re
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -26,7 +25,7 @@ import uuid
 import pytest
 import yaml
 
-from conftest import REPO, Node, load_nodes, participant, run_playbook, wait_until
+from conftest import REPO, Node, load_nodes, participant, run_playbook, tcp_reachable, wait_until
 
 RULES = REPO / "roles" / "livekit_monitoring" / "files" / "rules" / "livekit.rules.yml"
 RECEIVER = pathlib.Path(__file__).with_name("monitoring") / "receiver.py"
@@ -56,14 +55,6 @@ def query(prom: Node, expr: str) -> list[dict]:
         body = json.load(resp)
     assert body["status"] == "success", body
     return body["data"]["result"]
-
-
-def tcp_reachable(ip: str, port: int, timeout: float = 3) -> bool:
-    try:
-        with socket.create_connection((ip, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def fetch_from(host: Node, url: str) -> bool:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import time
 import uuid
 
 import pytest
 
-from conftest import Node, http, make_token, participant, security_exposure, twirp, wait_until
+from conftest import Node, http, make_token, participant, security_exposure, tcp_reachable, twirp, wait_until
 
 
 def wait_healthy(node: Node, timeout: float = 30) -> None:
@@ -24,14 +23,6 @@ def wait_healthy(node: Node, timeout: float = 30) -> None:
             pass
         time.sleep(0.5)
     pytest.fail(f"{node.name}: livekit-server not healthy within {timeout}s")
-
-
-def tcp_reachable(ip: str, port: int, timeout: float = 3) -> bool:
-    try:
-        with socket.create_connection((ip, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def test_signalling_port_answers_health(node: Node) -> None:

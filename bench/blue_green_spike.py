@@ -16,6 +16,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -157,9 +158,9 @@ def start_green() -> None:
     check = sh(f"runuser -u livekit -- /opt/livekit/current/livekit-server --config {GREEN['config']} ports 2>&1", check=False)
     note("green config check (livekit-server ports)", output=check.strip().splitlines()[-6:])
     # Green's ports through the host firewall, like the role's rules for blue's.
-    sh("nft list tables 2>/dev/null | grep -q 'inet livekit' && "
-       "nft 'insert rule inet livekit input tcp dport 7891 accept'; "
-       "nft 'insert rule inet livekit input udp dport { 3479, 50050-50099 } accept' || true", check=False)
+    sh("nft list tables 2>/dev/null | grep -q 'inet livekit_filter' && "
+       "nft 'insert rule inet livekit_filter input tcp dport 7891 accept'; "
+       "nft 'insert rule inet livekit_filter input udp dport { 3479, 50050-50099 } accept' || true", check=False)
     sh("systemctl reset-failed livekit-green 2>/dev/null; systemd-run --unit livekit-green --property User=livekit "
        "--property Group=livekit --property LimitNOFILE=16384 --property WorkingDirectory=/var/lib/livekit "
        f"/opt/livekit/current/livekit-server --config {GREEN['config']}")
@@ -187,11 +188,36 @@ class H(http.server.BaseHTTPRequestHandler):
         with open('/tmp/hooks.jsonl', 'a') as f:
             f.write(json.dumps({'event': body.get('event'), 'room': (body.get('room') or {}).get('name'),
                                 'participant': (body.get('participant') or {}).get('identity'),
+                                'track': (body.get('track') or {}).get('sid'),
                                 'id': body.get('id')}) + '\n')
         self.send_response(200); self.end_headers()
     def log_message(self, *a): pass
 http.server.HTTPServer(('127.0.0.1', 9999), H).serve_forever()
 """
+
+
+class Prober(threading.Thread):
+    """A new room through nginx every 0.5 s (Twirp CreateRoom over https://lk.bg.test): where it lands, or the error."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.stop, self.outcomes = threading.Event(), []
+
+    def run(self) -> None:
+        while not self.stop.is_set() and len(self.outcomes) < 2000:
+            room = f"probe-{uuid.uuid4().hex[:6]}"
+            try:
+                out = sh("curl -s -m 5 --cacert /tmp/bg-ca.crt --resolve lk.bg.test:443:127.0.0.1 -X POST "
+                         "-H \"Authorization: Bearer $BG_TOKEN\" -H 'Content-Type: application/json' "
+                         f"-d '{{\"name\": \"{room}\", \"empty_timeout\": 5}}' "
+                         "https://lk.bg.test/twirp/livekit.RoomService/CreateRoom",
+                         check=False, env={"BG_TOKEN": token(roomCreate=True)})
+                answer = json.loads(out or "{}")
+                placed = redis("HGET", "room_node_map", room) if answer.get("name") == room else None
+                self.outcomes.append((time.monotonic() - T0, placed or f"error {out[:120]}"))
+            except (ValueError, RuntimeError, subprocess.TimeoutExpired) as err:
+                self.outcomes.append((time.monotonic() - T0, f"error {err}"))
+            time.sleep(0.5)
 
 
 def main() -> int:
@@ -201,8 +227,10 @@ def main() -> int:
        "rm -f /tmp/hooks.jsonl", check=False)
     sh("cat > /tmp/hooks.py", stdin=HOOK_SERVER)
     sh("systemd-run --unit bg-hooks python3 /tmp/hooks.py")
+    sh("cat > /tmp/bg-ca.crt", stdin=(STATE / "ca.crt").read_text())
     if not healthy(BLUE):
         sh("systemctl restart livekit-server")
+    switch_nginx(BLUE, 5349)  # a rerun starts from blue live
     ids = {"blue": node_id(BLUE)}
     note("blue up", node_id=ids["blue"], nodes=nodes())
 
@@ -214,6 +242,21 @@ def main() -> int:
     time.sleep(3)
     bytes_blue_0 = gauge(BLUE, 'livekit_packet_bytes{country="",direction="outgoing"')
 
+    # 2a. A failed swap: an instance whose HTTP port is taken (blue's). Does it leave a node behind or touch blue?
+    blue_pid = sh("systemctl show -p MainPID --value livekit-server").strip()
+    conf = yaml.safe_load(sh(f"cat {BLUE['config']}"))
+    conf["prometheus"]["port"] = 6791
+    conf["rtc"].update(tcp_port=7893, port_range_start=50100, port_range_end=50110)
+    conf["turn"].update(udp_port=3480, tls_port=5369, relay_range_start=30100, relay_range_end=30110)
+    sh("umask 077; cat > /etc/livekit/livekit-bad.yaml; chown livekit:livekit /etc/livekit/livekit-bad.yaml", stdin=yaml.safe_dump(conf))
+    bad = sh("timeout 30 runuser -u livekit -- /opt/livekit/current/livekit-server --config /etc/livekit/livekit-bad.yaml "
+             "2>&1; echo exit=$?", check=False)
+    note("failed start (HTTP port taken by blue)", tail=[line[:220] for line in bad.strip().splitlines()[-3:]],
+         nodes_after=nodes(), blue_pid_before=blue_pid, blue_pid_after=sh("systemctl show -p MainPID --value livekit-server").strip(),
+         blue_health=healthy(BLUE))
+
+    prober = Prober()
+    prober.start()
     # 2. Green beside it.
     start = time.monotonic()
     start_green()
@@ -240,7 +283,7 @@ def main() -> int:
     # 4. Drain blue (the role's ExecStop: first SIGTERM, wait for the room to empty).
     sh("systemctl stop --no-block livekit-server")
     drained = wait(lambda: any(n["state"] == "SHUTTING_DOWN" for n in nodes()), 15)
-    note("blue draining", seen=bool(drained), nodes=[dict(n, colour=colour_of(n["id"], ids)) for n in nodes()],
+    note("blue draining", seen=bool(drained), blue_outgoing_bytes=gauge(BLUE, 'livekit_packet_bytes{country="",direction="outgoing"'), nodes=[dict(n, colour=colour_of(n["id"], ids)) for n in nodes()],
          blue_health=healthy(BLUE), unit=sh("systemctl show -p ActiveState --value livekit-server").strip())
 
     # 5. nginx still points at blue: a new room through the proxy (blue relays to green over Redis).
@@ -293,11 +336,22 @@ def main() -> int:
          green_health=healthy(GREEN), room_node_map=redis("HGETALL", "room_node_map").split())
     time.sleep(3)
 
+    prober.stop.set()
+    prober.join(timeout=30)
+    landed = {}
+    for _t, outcome in prober.outcomes:
+        key = outcome if outcome.startswith("error") else colour_of(outcome, ids)
+        landed[key] = landed.get(key, 0) + 1
+    failures = [(round(t, 1), o) for t, o in prober.outcomes if o.startswith("error")]
+    note("prober: a new room through nginx every 0.5 s from green's start to blue's exit",
+         attempts=len(prober.outcomes), failures=failures[:10], failed=len(failures),
+         landed_while_mapped=landed)
+
     # 9. Webhooks: how many times was each event sent?
     counts: dict[str, int] = {}
     for hook in hooks():
         if hook["room"] and (hook["room"].startswith("old-") or hook["room"].startswith("new-")):
-            name = f"{hook['event']} {hook['room']} {hook['participant'] or ''}".strip()
+            name = f"{hook['event']} {hook['room']} {hook['participant'] or ''} {hook.get('track') or ''}".strip()
             counts[name] = counts.get(name, 0) + 1
     note("webhooks per event (room/participant)", counts=counts, duplicates={k: v for k, v in counts.items() if v > 1})
     note("blue journal (drain)", log=[line for line in sh("journalctl -u livekit-server --no-pager -o cat -n 400", check=False).splitlines()

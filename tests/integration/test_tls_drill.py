@@ -111,6 +111,9 @@ def test_drill_with_the_proxy_restores_the_certificate_and_renews_after_dns_move
     assert after == before
     for node in (new_sni, new_direct):
         assert node.sh(f"test -e {STAND_IN}", check=False).returncode != 0, f"{node.name} still serves the stand-in"
+        # The restored key keeps the group nginx (www-data, not root) reads it through.
+        key = node.sh("stat -L -c '%a %U %G' /etc/letsencrypt/live/livekit/privkey.pem").stdout.split()
+        assert key == ["640", "root", "www-data"], (node.name, key)
     with turn_tls(new_sni.ip, str(root)) as stream:
         assert stream.getpeercert()["serialNumber"] == before["sni"]["serial"] and stun_binding(stream)
     with turn_tls(second_address, str(root), DIRECT_TURN_DOMAIN) as stream:

@@ -31,7 +31,7 @@ import yaml
 
 from conftest import REPO, Node, load_nodes, participant, run_playbook, tcp_reachable, wait_until
 
-RULES = REPO / "roles" / "livekit_monitoring" / "files" / "rules" / "livekit.rules.yml"
+RULES = "/etc/prometheus/rules/livekit.rules.yml"  # as the role installed them on the monitoring host
 DASHBOARD = REPO / "roles" / "livekit_monitoring" / "files" / "dashboards" / "livekit.json"
 RECEIVER = pathlib.Path(__file__).with_name("monitoring") / "receiver.py"
 RECEIVER_LOG = "/var/log/lkt-receiver.jsonl"
@@ -81,10 +81,10 @@ def fetch_from(host: Node, url: str) -> bool:
     return host.sh(f"python3 -c '{script}' {url}", check=False).returncode == 0
 
 
-def rule_series() -> set[str]:
-    """The livekit_*, redis_* and node_* names the alert rules' expressions read."""
+def rule_series(prom: Node) -> set[str]:
+    """The livekit_*, redis_* and node_* names the installed alert rules' expressions read."""
     names = set()
-    for group in yaml.safe_load(RULES.read_text())["groups"]:
+    for group in yaml.safe_load(prom.sh(f"cat {RULES}").stdout)["groups"]:
         for rule in group["rules"]:
             names |= set(re.findall(r"\b((?:livekit|redis|node)_[a-z0-9_]+)\b", rule["expr"]))
     return names
@@ -123,7 +123,7 @@ def test_redis_password_is_in_no_argument_list(lk: Node) -> None:
 
 
 def test_every_series_the_rules_read_exists_after_a_call(lk: Node, prom: Node, call: float) -> None:
-    wanted = {name for name in rule_series() if not LATER.match(name)}
+    wanted = {name for name in rule_series(prom) if not LATER.match(name)}
     assert {"livekit_participant_join_total", "redis_up", "node_cpu_seconds_total",
             "livekit_backup_last_success_timestamp_seconds"} <= wanted
 
@@ -255,6 +255,8 @@ def test_scrape_config_for_an_existing_prometheus(lk: Node, prom: Node, tmp_path
         assert groups == [{"targets": [f"{lk.ip}:{port}"], "labels": {"instance": lk.name}}], groups
         # The monitoring host's Prometheus reads the same targets.
         assert json.loads(prom.sh(f"cat /etc/prometheus/file_sd/{job}.json").stdout) == groups
+    # The alert rules, with the inventory's thresholds: the ones the monitoring host loaded.
+    assert (tmp_path / "livekit.rules.yml").read_text() == prom.sh(f"cat {RULES}").stdout
     snippet = yaml.safe_load((tmp_path / "scrape_configs.yml").read_text())
     assert sorted(job["job_name"] for job in snippet) == sorted(expected)
 
@@ -264,7 +266,14 @@ def test_scrape_config_for_an_existing_prometheus(lk: Node, prom: Node, tmp_path
      ("livekit_exporters_prometheus_sources", "prometheus.internal", "CIDR")),
     ({"livekit_monitoring_receivers": [{"name": "oncall", "type": "pager", "url": "http://127.0.0.1:9099/"}]},
      ("livekit_monitoring_receivers[0]", "pager", "email, webhook or slack")),
-], ids=["scrape-source-not-a-cidr", "unknown-receiver-type"])
+    ({"livekit_monitoring_alert_cpu_percent": 150},
+     ("livekit_monitoring_alert_cpu_percent=150", "at most 100")),
+    ({"livekit_monitoring_alert_certificate_warning_days": 2},
+     ("livekit_monitoring_alert_certificate_warning_days=2", "above livekit_monitoring_alert_certificate_critical_days")),
+    ({"livekit_monitoring_tls_endpoints": ["https://livekit.example.com"]},
+     ("livekit_monitoring_tls_endpoints", "https://livekit.example.com", "name and port")),
+], ids=["scrape-source-not-a-cidr", "unknown-receiver-type", "cpu-threshold-out-of-range",
+        "certificate-warning-below-critical", "tls-endpoint-not-name-port"])
 def test_bad_input_is_refused_before_any_host_changes(lk: Node, prom: Node, extra: dict, words: tuple) -> None:
     def state() -> list[str]:
         cmd = ("sha256sum /etc/default/prometheus* /etc/prometheus/*.yml /etc/prometheus/file_sd/* 2>/dev/null; "

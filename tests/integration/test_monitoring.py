@@ -167,14 +167,18 @@ def dashboard_queries() -> list[tuple[str, str]]:
     return out
 
 
-def test_every_dashboard_panel_returns_data_after_a_call(lk: Node, prom: Node, call: float) -> None:
-    names = set(query_names(prom))
+@pytest.fixture(scope="module")
+def tls_names(lk: Node, prom: Node) -> str:
+    """The node's TURN/TLS name resolves on the monitoring host (what a real zone would give);
+    returns the endpoint the blackbox exporter probes."""
+    prom.sh(f"grep -q ' {lk.turn_domain}$' /etc/hosts || echo '{lk.ip} {lk.turn_domain}' >> /etc/hosts")
+    return f"{lk.turn_domain}:{lk.turn_tls_port}"
+
+
+def test_every_dashboard_panel_returns_data_after_a_call(lk: Node, prom: Node, call: float, tls_names: str) -> None:
     queries = [(title, expr) for title, expr in dashboard_queries()
                if not any(LATER.match(name) for name in re.findall(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{", expr))]
     assert len(queries) >= 15, queries
-    unknown = {title: sorted(set(re.findall(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{", expr)) - names)
-               for title, expr in queries}
-    assert not {title: missing for title, missing in unknown.items() if missing}, unknown
 
     def empty() -> list[str]:
         # A panel has data when some series has a finite value since the call started.
@@ -183,6 +187,11 @@ def test_every_dashboard_panel_returns_data_after_a_call(lk: Node, prom: Node, c
                            for series in query_range(prom, expr, call - 60) for _, value in series["values"])]
 
     assert wait_until(lambda: not empty(), timeout=120, step=10) is not None, empty()
+    # And no query names a metric Prometheus does not have (a typo that happens to match nothing).
+    names = set(query_names(prom))
+    unknown = {title: sorted(set(re.findall(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{", expr)) - names)
+               for title, expr in queries}
+    assert not {title: missing for title, missing in unknown.items() if missing}, unknown
     print(f"{len(queries)} panel queries, all with data:", "; ".join(title for title, _ in queries))
 
 
@@ -191,12 +200,10 @@ def query_names(prom: Node) -> list[str]:
         return json.load(resp)["data"]
 
 
-def test_turn_tls_certificate_expiry_is_watched(lk: Node, prom: Node) -> None:
+def test_turn_tls_certificate_expiry_is_watched(lk: Node, prom: Node, tls_names: str) -> None:
     """The blackbox exporter on the monitoring host checks the node's TURN/TLS chain against the
     configured CA and reports the expiry of the certificate the node really serves."""
-    endpoint = f"{lk.turn_domain}:{lk.turn_tls_port}"
-    # DNS for the lab name: what a real zone would say.
-    prom.sh(f"grep -q ' {lk.turn_domain}$' /etc/hosts || echo '{lk.ip} {lk.turn_domain}' >> /etc/hosts")
+    endpoint = tls_names
     served = subprocess.run(
         ["openssl", "s_client", "-connect", f"{lk.ip}:{lk.turn_tls_port}", "-servername", lk.turn_domain],
         input="", capture_output=True, text=True, timeout=30).stdout

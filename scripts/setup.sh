@@ -16,7 +16,7 @@ for arg in "$@"; do
   case $arg in
     --no-images) images=0 ;;
     --defer-extra-builds) extra_builds=0 ;;
-    lab|lint|sanity|unit|bad_input|tls|default|monitoring|backup|cluster) needs+=("$arg") ;;
+    lab|lint|sanity|unit|bad_input|tls|default|monitoring|mondev|backup|cluster) needs+=("$arg") ;;
     *) die "unknown argument $arg (--no-images, lab, or a test stage)" ;;
   esac
 done

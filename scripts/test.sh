@@ -116,7 +116,7 @@ for stage in "${stages[@]}"; do
     sanity) run_stage sanity stage_sanity ;;
     unit) run_stage unit stage_unit ;;
     tls|backup|cluster) late_setup; run_stage "molecule:$stage" bash -c "$(declare -f stage_molecule); stage_molecule $stage" ;;
-    bad_input|default|monitoring) run_stage "molecule:$stage" bash -c "$(declare -f stage_molecule); stage_molecule $stage" ;;
+    bad_input|default|monitoring|mondev) run_stage "molecule:$stage" bash -c "$(declare -f stage_molecule); stage_molecule $stage" ;;
     *) die "unknown stage $stage (lint sanity unit bad_input default monitoring tls backup cluster)" ;;
   esac
 done

@@ -6,12 +6,16 @@ Alertmanager on the monitoring host, a real call, a real outage and a real webho
 * after a two-participant call every livekit_*, redis_* and node_* series an alert rule reads exists
   in Prometheus with the rules' job and instance labels (except the series later parts provide);
 * stopping livekit-server fires LivekitServerDown at the receiver; starting it resolves it;
+* every panel of the Grafana dashboard returns data from that Prometheus after the call, and names
+  no metric Prometheus does not have;
+* the blackbox exporter reports the TURN/TLS certificate's real expiry;
 * the scrape configuration for an existing Prometheus names the same jobs and targets;
 * a scrape source that is not a network and an unknown receiver type stop site.yml in its first play.
 """
 
 from __future__ import annotations
 
+import calendar
 import json
 import os
 import pathlib
@@ -27,7 +31,8 @@ import yaml
 
 from conftest import REPO, Node, load_nodes, participant, run_playbook, tcp_reachable, wait_until
 
-RULES = REPO / "roles" / "livekit_monitoring" / "files" / "rules" / "livekit.rules.yml"
+RULES = "/etc/prometheus/rules/livekit.rules.yml"  # as the role installed them on the monitoring host
+DASHBOARD = REPO / "roles" / "livekit_monitoring" / "files" / "dashboards" / "livekit.json"
 RECEIVER = pathlib.Path(__file__).with_name("monitoring") / "receiver.py"
 RECEIVER_LOG = "/var/log/lkt-receiver.jsonl"
 # docs/monitoring.md, "To be written by later parts of the collection".
@@ -41,12 +46,30 @@ def hosts() -> dict[str, Node]:
 
 @pytest.fixture(scope="module")
 def lk(hosts) -> Node:
-    return hosts["lkt-mon-node"]
+    return next(host for name, host in hosts.items() if not name.endswith("-prom"))
 
 
 @pytest.fixture(scope="module")
 def prom(hosts) -> Node:
-    return hosts["lkt-mon-prom"]
+    return next(host for name, host in hosts.items() if name.endswith("-prom"))
+
+
+@pytest.fixture(scope="module")
+def call(lk: Node, api_key: str, api_secret: str) -> float:
+    """Two real two-participant calls on the node, 15 s apart (and one failing run of the backup
+    unit); returns the Unix time the first started. Prometheus's rate() ignores a series' first
+    sample, so a fresh server's join and media histograms only show a rate once a second call adds
+    to series the first one created, as on any server in use."""
+    started = time.time()
+    for attempt in range(2):
+        if attempt:
+            time.sleep(15)  # three scrapes in the scenario: the first call's series are in Prometheus
+        room = f"mon-{uuid.uuid4().hex[:8]}"
+        run = participant(lk, "--url", lk.ws, "--room", room, "call", "--seconds", "8", key=api_key, secret=api_secret)
+        assert run.returncode == 0, run.stdout + run.stderr
+    # The backup metric: one real (failing: nobody serves the bucket) run of the backup unit.
+    lk.sh("systemctl start livekit-backup.service", check=False)
+    return started
 
 
 def query(prom: Node, expr: str) -> list[dict]:
@@ -63,10 +86,10 @@ def fetch_from(host: Node, url: str) -> bool:
     return host.sh(f"python3 -c '{script}' {url}", check=False).returncode == 0
 
 
-def rule_series() -> set[str]:
-    """The livekit_*, redis_* and node_* names the alert rules' expressions read."""
+def rule_series(prom: Node) -> set[str]:
+    """The livekit_*, redis_* and node_* names the installed alert rules' expressions read."""
     names = set()
-    for group in yaml.safe_load(RULES.read_text())["groups"]:
+    for group in yaml.safe_load(prom.sh(f"cat {RULES}").stdout)["groups"]:
         for rule in group["rules"]:
             names |= set(re.findall(r"\b((?:livekit|redis|node)_[a-z0-9_]+)\b", rule["expr"]))
     return names
@@ -93,7 +116,7 @@ def test_exporters_listen_privately_behind_the_firewall(lk: Node, prom: Node) ->
 
 def test_units_are_hardened(lk: Node, prom: Node) -> None:
     for host, unit in ((lk, "prometheus-node-exporter"), (lk, "prometheus-redis-exporter"),
-                       (prom, "prometheus"), (prom, "prometheus-alertmanager")):
+                       (prom, "prometheus"), (prom, "prometheus-alertmanager"), (prom, "prometheus-blackbox-exporter")):
         assert host.sh(f"systemctl is-active {unit}", check=False).stdout.strip() == "active", unit
         assert exposure(host, unit) <= 2.0, unit
 
@@ -104,14 +127,8 @@ def test_redis_password_is_in_no_argument_list(lk: Node) -> None:
     assert lk.sh("stat -c '%a %U' /etc/default/prometheus-redis-exporter").stdout.split() == ["600", "root"]
 
 
-def test_every_series_the_rules_read_exists_after_a_call(lk: Node, prom: Node, api_key: str, api_secret: str) -> None:
-    room = f"mon-{uuid.uuid4().hex[:8]}"
-    run = participant(lk, "--url", lk.ws, "--room", room, "call", "--seconds", "8", key=api_key, secret=api_secret)
-    assert run.returncode == 0, run.stdout + run.stderr
-    # The backup metric: one real (failing: nobody serves the bucket) run of the backup unit.
-    lk.sh("systemctl start livekit-backup.service", check=False)
-
-    wanted = {name for name in rule_series() if not LATER.match(name)}
+def test_every_series_the_rules_read_exists_after_a_call(lk: Node, prom: Node, call: float) -> None:
+    wanted = {name for name in rule_series(prom) if not LATER.match(name)}
     assert {"livekit_participant_join_total", "redis_up", "node_cpu_seconds_total",
             "livekit_backup_last_success_timestamp_seconds"} <= wanted
 
@@ -119,7 +136,7 @@ def test_every_series_the_rules_read_exists_after_a_call(lk: Node, prom: Node, a
         out = {}
         for name in sorted(wanted):
             found = query(prom, f"count by (job, instance) ({name})")
-            if not found or {r["metric"].get("instance") for r in found} != {"lkt-mon-node"}:
+            if not found or {r["metric"].get("instance") for r in found} != {lk.name}:
                 out[name] = [r["metric"] for r in found]
         return out
 
@@ -128,7 +145,87 @@ def test_every_series_the_rules_read_exists_after_a_call(lk: Node, prom: Node, a
     # The funnel the join-failure rule reads got a real success from this call.
     assert query(prom, 'sum(livekit_participant_join_total{job="livekit", state="rtc_success"}) > 0')
     jobs = {(r["metric"]["job"], r["metric"]["instance"]) for r in query(prom, "up == 1")}
-    assert {("livekit", "lkt-mon-node"), ("node", "lkt-mon-node"), ("redis", "lkt-mon-node")} <= jobs
+    assert {("livekit", lk.name), ("node", lk.name), ("redis", lk.name)} <= jobs
+
+
+def query_range(prom: Node, expr: str, start: float) -> list[dict]:
+    params = {"query": expr, "start": f"{start:.0f}", "end": f"{time.time():.0f}", "step": "5"}
+    url = f"http://{prom.ip}:9090/api/v1/query_range?" + urllib.parse.urlencode(params)
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        body = json.load(resp)
+    assert body["status"] == "success", (expr, body)
+    return body["data"]["result"]
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(panel title, PromQL) of every panel target, with Grafana's variables as Grafana would fill
+    them for "All" nodes over the last 15 minutes."""
+    fill = {"$instance": ".+", "$__rate_interval": "1m", "$__range": "15m"}
+    out = []
+    for panel in json.loads(DASHBOARD.read_text())["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            for var, value in fill.items():
+                expr = expr.replace(var, value)
+            assert "$" not in expr, (panel["title"], expr)
+            out.append((panel["title"], expr))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tls_names(lk: Node, prom: Node) -> str:
+    """The node's TURN/TLS name resolves on the monitoring host (what a real zone would give);
+    returns the endpoint the blackbox exporter probes."""
+    prom.sh(f"grep -q ' {lk.turn_domain}$' /etc/hosts || echo '{lk.ip} {lk.turn_domain}' >> /etc/hosts")
+    return f"{lk.turn_domain}:{lk.turn_tls_port}"
+
+
+def test_every_dashboard_panel_returns_data_after_a_call(lk: Node, prom: Node, call: float, tls_names: str) -> None:
+    queries = [(title, expr) for title, expr in dashboard_queries()
+               if not any(LATER.match(name) for name in re.findall(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{", expr))]
+    assert len(queries) >= 15, queries
+
+    def empty() -> list[str]:
+        # A panel has data when some series has a finite value since the call started.
+        return [f"{title}: {expr}" for title, expr in queries
+                if not any(value not in ("NaN", "+Inf", "-Inf")
+                           for series in query_range(prom, expr, call - 60) for _, value in series["values"])]
+
+    assert wait_until(lambda: not empty(), timeout=120, step=10) is not None, empty()
+    # And no query names a metric Prometheus does not have (a typo that happens to match nothing).
+    names = set(query_names(prom))
+    unknown = {title: sorted(set(re.findall(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{", expr)) - names)
+               for title, expr in queries}
+    assert not {title: missing for title, missing in unknown.items() if missing}, unknown
+    print(f"{len(queries)} panel queries, all with data:", "; ".join(title for title, _ in queries))
+
+
+def query_names(prom: Node) -> list[str]:
+    with urllib.request.urlopen(f"http://{prom.ip}:9090/api/v1/label/__name__/values", timeout=10) as resp:
+        return json.load(resp)["data"]
+
+
+def test_turn_tls_certificate_expiry_is_watched(lk: Node, prom: Node, tls_names: str) -> None:
+    """The blackbox exporter on the monitoring host checks the node's TURN/TLS chain against the
+    configured CA and reports the expiry of the certificate the node really serves."""
+    endpoint = tls_names
+    served = subprocess.run(
+        ["openssl", "s_client", "-connect", f"{lk.ip}:{lk.turn_tls_port}", "-servername", lk.turn_domain],
+        input="", capture_output=True, text=True, timeout=30).stdout
+    not_after = subprocess.run(["openssl", "x509", "-noout", "-enddate", "-dateopt", "iso_8601"],
+                               input=served, capture_output=True, text=True, check=True).stdout
+    expected = calendar.timegm(time.strptime(not_after.strip().split("=", 1)[1], "%Y-%m-%d %H:%M:%SZ"))
+
+    def expiry() -> list[dict]:
+        return query(prom, f'probe_ssl_earliest_cert_expiry{{job="blackbox", instance="{endpoint}"}}'
+                           f' and on (instance) probe_success{{job="blackbox"}} == 1')
+
+    found = wait_until(expiry, timeout=90, step=5)
+    assert found, query(prom, 'probe_success{job="blackbox"}')
+    assert found[0]["metric"]["host"] == lk.name
+    assert abs(float(found[0]["value"][1]) - expected) < 2, (found, not_after)
+    # Far from expiry: the certificate alerts stay quiet.
+    assert not query(prom, 'ALERTS{alertname="LivekitCertificateExpiring"}')
 
 
 def receiver_events(prom: Node) -> list[dict]:
@@ -136,10 +233,10 @@ def receiver_events(prom: Node) -> list[dict]:
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
-def server_down_status(prom: Node) -> list[str]:
+def server_down_status(prom: Node, instance: str) -> list[str]:
     return [alert["status"] for event in receiver_events(prom) for alert in event.get("alerts", [])
             if alert["labels"].get("alertname") == "LivekitServerDown"
-            and alert["labels"].get("instance") == "lkt-mon-node"]
+            and alert["labels"].get("instance") == instance]
 
 
 def test_stopping_livekit_pages_and_starting_it_resolves(lk: Node, prom: Node) -> None:
@@ -148,16 +245,16 @@ def test_stopping_livekit_pages_and_starting_it_resolves(lk: Node, prom: Node) -
     prom.sh(f"rm -f {RECEIVER_LOG}; systemctl stop lkt-receiver.service 2>/dev/null; "
             f"systemd-run --unit=lkt-receiver python3 /usr/local/bin/lkt-receiver.py 127.0.0.1 9099 {RECEIVER_LOG}")
     assert wait_until(lambda: "127.0.0.1:9099" in prom.sh("ss -ltnH").stdout, timeout=30)
-    assert not server_down_status(prom)
+    assert not server_down_status(prom, lk.name)
 
     started = time.monotonic()
     lk.sh("systemctl stop livekit-server")
     try:
-        assert wait_until(lambda: "firing" in server_down_status(prom), timeout=150, step=2), receiver_events(prom)
+        assert wait_until(lambda: "firing" in server_down_status(prom, lk.name), timeout=150, step=2), receiver_events(prom)
         print(f"LivekitServerDown reached the receiver {time.monotonic() - started:.0f} s after the stop")
     finally:
         lk.sh("systemctl start livekit-server")
-    assert wait_until(lambda: "resolved" in server_down_status(prom), timeout=150, step=2), receiver_events(prom)
+    assert wait_until(lambda: "resolved" in server_down_status(prom, lk.name), timeout=150, step=2), receiver_events(prom)
 
 
 def test_scrape_config_for_an_existing_prometheus(lk: Node, prom: Node, tmp_path: pathlib.Path) -> None:
@@ -167,9 +264,11 @@ def test_scrape_config_for_an_existing_prometheus(lk: Node, prom: Node, tmp_path
     assert sorted(p.stem for p in tmp_path.glob("*.json")) == sorted(expected)
     for job, port in expected.items():
         groups = json.loads((tmp_path / f"{job}.json").read_text())
-        assert groups == [{"targets": [f"{lk.ip}:{port}"], "labels": {"instance": "lkt-mon-node"}}], groups
+        assert groups == [{"targets": [f"{lk.ip}:{port}"], "labels": {"instance": lk.name}}], groups
         # The monitoring host's Prometheus reads the same targets.
         assert json.loads(prom.sh(f"cat /etc/prometheus/file_sd/{job}.json").stdout) == groups
+    # The alert rules, with the inventory's thresholds: the ones the monitoring host loaded.
+    assert (tmp_path / "livekit.rules.yml").read_text() == prom.sh(f"cat {RULES}").stdout
     snippet = yaml.safe_load((tmp_path / "scrape_configs.yml").read_text())
     assert sorted(job["job_name"] for job in snippet) == sorted(expected)
 
@@ -179,7 +278,14 @@ def test_scrape_config_for_an_existing_prometheus(lk: Node, prom: Node, tmp_path
      ("livekit_exporters_prometheus_sources", "prometheus.internal", "CIDR")),
     ({"livekit_monitoring_receivers": [{"name": "oncall", "type": "pager", "url": "http://127.0.0.1:9099/"}]},
      ("livekit_monitoring_receivers[0]", "pager", "email, webhook or slack")),
-], ids=["scrape-source-not-a-cidr", "unknown-receiver-type"])
+    ({"livekit_monitoring_alert_cpu_percent": 150},
+     ("livekit_monitoring_alert_cpu_percent=150", "at most 100")),
+    ({"livekit_monitoring_alert_certificate_warning_days": 2},
+     ("livekit_monitoring_alert_certificate_warning_days=2", "above livekit_monitoring_alert_certificate_critical_days")),
+    ({"livekit_monitoring_tls_endpoints": ["https://livekit.example.com"]},
+     ("livekit_monitoring_tls_endpoints", "https://livekit.example.com", "name and port")),
+], ids=["scrape-source-not-a-cidr", "unknown-receiver-type", "cpu-threshold-out-of-range",
+        "certificate-warning-below-critical", "tls-endpoint-not-name-port"])
 def test_bad_input_is_refused_before_any_host_changes(lk: Node, prom: Node, extra: dict, words: tuple) -> None:
     def state() -> list[str]:
         cmd = ("sha256sum /etc/default/prometheus* /etc/prometheus/*.yml /etc/prometheus/file_sd/* 2>/dev/null; "

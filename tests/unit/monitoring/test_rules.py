@@ -1,5 +1,6 @@
-"""The alert rules (roles/livekit_monitoring/files/rules/livekit.rules.yml): promtool accepts them, its
-unit tests pass, every alert is proven to fire and to stay quiet, every runbook link lands on a section
+"""The alert rules (roles/livekit_monitoring/templates/livekit.rules.yml.j2, rendered with the role's
+default thresholds as the role renders it): promtool accepts them, its unit tests pass, other
+thresholds land where they should, every alert is proven to fire and to stay quiet, every runbook link lands on a section
 of docs/monitoring.md, and every livekit_* name is one livekit-server 1.13.5 exports or one the docs
 define for the collection's own exporters."""
 
@@ -11,11 +12,13 @@ import re
 import shutil
 import subprocess
 
+import jinja2
 import pytest
 import yaml
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
-RULES = REPO / "roles" / "livekit_monitoring" / "files" / "rules" / "livekit.rules.yml"
+TEMPLATE = REPO / "roles" / "livekit_monitoring" / "templates" / "livekit.rules.yml.j2"
+DEFAULTS = REPO / "roles" / "livekit_monitoring" / "defaults" / "main.yml"
 TESTS = pathlib.Path(__file__).resolve().parent / "livekit.rules.test.yml"
 DOC = REPO / "docs" / "monitoring.md"
 SCRAPE = REPO / "tests" / "unit" / "monitoring" / "livekit-1.13.5-metric-names.txt"
@@ -35,19 +38,60 @@ def run(*args):
     return subprocess.run([promtool(), *args], capture_output=True, text=True, check=False)
 
 
+def thresholds():
+    """The role's default livekit_monitoring_alert_* values."""
+    defaults = yaml.safe_load(DEFAULTS.read_text())
+    return {name: value for name, value in defaults.items() if name.startswith("livekit_monitoring_alert_")}
+
+
+def render(**overrides):
+    """The rules as the role's template task writes them ([[ ]] variables, Prometheus's {{ }} kept)."""
+    env = jinja2.Environment(variable_start_string="[[", variable_end_string="]]",
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    values = dict(thresholds(), ansible_managed="Ansible managed")
+    values.update(overrides)
+    return env.from_string(TEMPLATE.read_text()).render(**values)
+
+
+@pytest.fixture(scope="module")
+def rules_file(tmp_path_factory):
+    """The rendered rules next to a copy of the promtool unit tests that load them."""
+    where = tmp_path_factory.mktemp("rules")
+    (where / "livekit.rules.yml").write_text(render())
+    (where / TESTS.name).write_text(TESTS.read_text())
+    return where / "livekit.rules.yml"
+
+
 def alerts():
-    rules = yaml.safe_load(RULES.read_text())
+    rules = yaml.safe_load(render())
     return [rule for group in rules["groups"] for rule in group["rules"] if "alert" in rule]
 
 
-def test_promtool_accepts_the_rules():
-    result = run("check", "rules", str(RULES))
+def test_promtool_accepts_the_rules(rules_file):
+    result = run("check", "rules", str(rules_file))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_promtool_unit_tests_pass():
-    result = run("test", "rules", str(TESTS))
+def test_promtool_unit_tests_pass(rules_file):
+    result = run("test", "rules", str(rules_file.with_name(TESTS.name)))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_threshold_is_used_and_other_values_land_in_the_rules(tmp_path):
+    template = TEMPLATE.read_text()
+    for name in thresholds():
+        assert "[[ %s ]]" % name in template, "%s is not used by the rules" % name
+    changed = render(livekit_monitoring_alert_cpu_percent=85, livekit_monitoring_alert_backup_max_age_hours=50,
+                     livekit_monitoring_alert_join_latency_ms=800)
+    (tmp_path / "livekit.rules.yml").write_text(changed)
+    result = run("check", "rules", str(tmp_path / "livekit.rules.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    exprs = {rule["alert"] + rule["labels"]["severity"]: " ".join(rule["expr"].split())
+             for group in yaml.safe_load(changed)["groups"] for rule in group["rules"]}
+    assert exprs["LivekitHostCpuHighwarning"].endswith("> 85")
+    assert "> 50 * 3600" in exprs["LivekitBackupTooOldcritical"]
+    assert exprs["LivekitJoinSlowwarning"].endswith("> 800")
+    assert exprs["LivekitProbeJoinSlowwarning"].endswith("> 800 / 1000")
 
 
 def test_every_alert_fires_on_a_bad_series_and_stays_quiet_on_a_good_one():

@@ -7,9 +7,11 @@ livekit-server` on NODE, wait until the receiver on PROM logs a firing LivekitSe
 start livekit-server again and wait for the resolved notification (Alertmanager deletes the alert
 group only then, so the next run pages like a first outage). Each page is split into:
   scrape: stop -> the first failed scrape of livekit-server (Prometheus's `up` sample timestamp)
-  eval:   that scrape -> the evaluation that saw it (the alert's startsAt, i.e. activeAt)
+  eval:   that scrape -> the evaluation that saw it (activeAt: the alert went pending)
   for:    activeAt -> firing (the rule's `for:`; evaluations every evaluation_interval)
   notify: firing -> the POST at the receiver (Alertmanager's group_wait for a new group + sending)
+The webhook's startsAt is the time the alert fired (Prometheus sends its FiredAt); activeAt is the
+value of Prometheus's ALERTS_FOR_STATE series for the alert.
 """
 import datetime
 import json
@@ -48,7 +50,7 @@ def rfc3339(text: str) -> float:
 
 
 def notifications() -> list[tuple[float, str, float]]:
-    """(arrival, status, startsAt) of every LivekitServerDown alert for NODE the receiver got."""
+    """(arrival, status, startsAt = when it fired) of every LivekitServerDown alert for NODE the receiver got."""
     out = []
     for line in sh(prom, f"cat {RECEIVER_LOG} 2>/dev/null || true").splitlines():
         event = json.loads(line)
@@ -96,7 +98,7 @@ for n in range(1, runs + 1):
     sh(node, "systemctl stop livekit-server")
     stopped = time.time()
     page = wait_for(lambda: [x for x in notifications()[seen:] if x[1] == "firing"], 300, f"the page (run {n})")[0]
-    arrival, _, active_at = page
+    arrival, _, fired = page
     samples = [(float(t), v) for t, v in prom_query(f"{up}[10m]", arrival)[0]["values"]]
     last_up = max(i for i, (_t, v) in enumerate(samples) if v == "1")
     first_failed = samples[last_up + 1][0]
@@ -104,7 +106,8 @@ for n in range(1, runs + 1):
     started = time.time()
     resolved = wait_for(lambda: [x for x in notifications()[seen:] if x[1] == "resolved"], 600,
                         f"the resolved notification (run {n})")[0]
-    fired = active_at + for_s
+    state = prom_query(f'ALERTS_FOR_STATE{{alertname="{ALERT}", instance="{node}"}}', arrival)
+    active_at = float(state[0]["value"][1]) if state else fired - for_s
     rows.append({"run": n, "total": arrival - stop, "scrape": first_failed - stop, "eval": active_at - first_failed,
                  "for": fired - active_at, "notify": arrival - fired, "stop_cmd": stopped - stop,
                  "resolved_after_start": resolved[0] - started})

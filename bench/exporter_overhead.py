@@ -148,6 +148,7 @@ finally:
         lines = [json.loads(line) for line in out.splitlines() if line.strip()]
         reports.append(lines[-1] if lines else {})
 load_after = os.getloadavg()
+print(json.dumps({"rows": rows, "per_scrape_ms": per_scrape_ms, "reports": reports}), file=sys.stderr, flush=True)
 
 labels = list(UNITS)
 print("| window | scraper | " + " | ".join(f"{label} CPU % | {label} RSS MiB" for label in labels) + " |")
@@ -161,24 +162,30 @@ def med(key: str, scraping: bool) -> float:
     return statistics.median(r[key] for r in rows if r["scraping"] == scraping)
 
 
-def pair_ratio(key: str) -> float:
-    ratios = []
+def per_pair(key: str) -> tuple[str, float]:
+    """Median over the pairs of scraped / idle (n/a if an idle window measured 0) and of scraped - idle."""
+    ratios, diffs = [], []
     for pair in range(pairs):
         a, b = rows[2 * pair], rows[2 * pair + 1]
         on, off = (a, b) if a["scraping"] else (b, a)
-        ratios.append(on[key] / off[key])
-    return statistics.median(ratios)
+        diffs.append(on[key] - off[key])
+        if off[key] > 0:
+            ratios.append(on[key] / off[key])
+    ratio = f"{statistics.median(ratios):.3f}" if len(ratios) == pairs else "n/a"
+    return ratio, statistics.median(diffs)
 
 
 print()
-print("| process | CPU % idle (median) | CPU % scraped (median) | ratio | RSS MiB idle | RSS MiB scraped | ratio |")
-print("|---|---|---|---|---|---|---|")
+print("| process | CPU % idle (median) | CPU % scraped (median) | ratio | difference (points) "
+      "| RSS MiB idle | RSS MiB scraped | ratio | difference (MiB) |")
+print("|---|---|---|---|---|---|---|---|---|")
 for label in labels:
     c, m = f"{label} cpu%", f"{label} rss"
-    print(f"| {label} | {med(c, False):.2f} | {med(c, True):.2f} | {pair_ratio(c):.3f} | {med(m, False):.1f} | "
-          f"{med(m, True):.1f} | {pair_ratio(m):.3f} |")
+    (cr, cd), (mr, md) = per_pair(c), per_pair(m)
+    print(f"| {label} | {med(c, False):.2f} | {med(c, True):.2f} | {cr} | {cd:+.2f} | {med(m, False):.1f} | "
+          f"{med(m, True):.1f} | {mr} | {md:+.1f} |")
 lk_scrapes = [s for s in scrapes if s["target"] == "livekit-server"]
-print(f"\nratios are the median of the {pairs} per-pair ratios (scraped / idle). {pairs} pairs × {window} s, "
+print(f"\nratio and difference: the median of the {pairs} per-pair values (scraped vs idle window). {pairs} pairs × {window} s, "
       f"{count} participants ({count - 1} publishing audio+video): {call}.")
 for label in labels:
     mine = [s for s in scrapes if s["target"] == label]

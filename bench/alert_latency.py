@@ -44,7 +44,7 @@ def prom_query(expr: str, at: float) -> list:
 
 def rfc3339(text: str) -> float:
     """Alertmanager's timestamps carry nanoseconds; Python reads microseconds."""
-    head, _, frac = text.rstrip("Z").partition(".")
+    head, frac = (text.rstrip("Z").split(".", 1) + [""])[:2]
     frac = (frac.split("+")[0].split("-")[0] + "000000")[:6]
     return datetime.datetime.fromisoformat(f"{head}.{frac}+00:00").timestamp()
 
@@ -98,7 +98,7 @@ for n in range(1, runs + 1):
     sh(node, "systemctl stop livekit-server")
     stopped = time.time()
     page = wait_for(lambda: [x for x in notifications()[seen:] if x[1] == "firing"], 300, f"the page (run {n})")[0]
-    arrival, _, fired = page
+    arrival, fired = page[0], page[2]
     samples = [(float(t), v) for t, v in prom_query(f"{up}[10m]", arrival)[0]["values"]]
     last_up = max(i for i, (_t, v) in enumerate(samples) if v == "1")
     first_failed = samples[last_up + 1][0]

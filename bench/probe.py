@@ -42,7 +42,7 @@ def p95(values):
     return sorted(values)[max(0, round(0.95 * len(values)) - 1)]
 
 
-print(f"\n| path | runs | ok | join median | join p95 | first frame median | first frame p95 |")
+print("\n| path | runs | ok | join median | join p95 | first frame median | first frame p95 |")
 print("|---|---|---|---|---|---|---|")
 for path, rows in results.items():
     good = [r for r in rows if r["failure"] == "none"]

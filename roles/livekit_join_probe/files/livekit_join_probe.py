@@ -1,4 +1,5 @@
-#!/usr/bin/env python3
+# Copyright: selfhosted.livekit contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Synthetic LiveKit join probe (selfhosted.livekit, role livekit_join_probe).
 
 For every target, twice (path ``direct``, then path ``relay_tls``): one participant publishes audio and

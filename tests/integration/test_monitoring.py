@@ -266,10 +266,10 @@ def test_probe_succeeds_on_both_paths_and_prometheus_has_it(lk: Node, probe: Nod
     for path in ("direct", "relay_tls"):
         assert results[path]["failure"] == "none", results
         assert 0 < results[path]["join_seconds"] < 10 and 0 < results[path]["first_frame_seconds"] < 15, results
-    # The key's secret: in no command line, root's alone on disk, only a credential in the unit.
+    # The key's secret: in no command line or unit, on disk for root and the probe's group only.
     assert_no_secret("the probe", json.dumps(results) + probe.sh(f"systemctl cat {PROBE_UNIT}.service").stdout,
                      sampler, {"probe key secret": os.environ["LKT_PROBE_API_SECRET"]})
-    assert probe.sh("stat -c '%a %U' /etc/livekit-join-probe/api-secret").stdout.split() == ["600", "root"]
+    assert probe.sh("stat -c '%a %U %G' /etc/livekit-join-probe/api-secret").stdout.split() == ["640", "root", "livekit-probe"]
     assert os.environ["LKT_PROBE_API_SECRET"] not in probe.sh(f"systemctl show -p Environment {PROBE_UNIT}.service").stdout
     # The textfile series, written atomically by the probe's user, read by node-exporter.
     text = probe.sh(f"cat {PROBE_TEXTFILE}").stdout

@@ -8,7 +8,7 @@ video into a fresh probe room, a second one receives them. ``relay_tls`` forces 
 TURN answer to an Allocate request. The result is written as node-exporter textfile series
 (docs/monitoring.md, "Probe") and one JSON line per target and path on stdout.
 
-The API secret is read from a file (the service's systemd credential), never from the command line
+The API secret is read from a file (root and the probe's group only), never from the command line
 or the environment. Standard library plus LiveKit's real-time SDK (package ``livekit``) only.
 
 Failure labels, by the first step that failed: ``dns`` (the URL's or TURN name does not resolve),
@@ -385,7 +385,8 @@ async def run(config: dict, secret: str, paths: list[str]) -> list[dict]:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="JSON settings (targets, api_key, room, timeouts, ca_file, textfile)")
-    parser.add_argument("--secret-file", help="file holding the API secret (default: the systemd credential api-secret)")
+    parser.add_argument("--secret-file", help="file holding the API secret (default: the systemd credential api-secret, "
+                                              "if the unit loads one)")
     parser.add_argument("--textfile", help="write the series here instead of the configured textfile ('' for none)")
     parser.add_argument("--path", choices=PATHS, action="append", help="probe only this path (repeatable)")
     args = parser.parse_args(argv)

@@ -57,6 +57,9 @@ export LKT_API_KEY="APItest$(openssl rand -hex 4)"
 LKT_API_SECRET=$(openssl rand -hex 24)
 LKT_REDIS_PASSWORD=$(openssl rand -hex 16)
 export LKT_API_SECRET LKT_REDIS_PASSWORD
+# The join probe's own key (monitoring), which the servers also accept.
+export LKT_PROBE_API_KEY="APIprobe$(openssl rand -hex 4)" LKT_PROBE_API_SECRET=$(openssl rand -hex 24)
+export LKT_PROBE_WHEEL_DIR=$PROBE_WHEEL_DIR
 export ANSIBLE_COLLECTIONS_PATH=$REPO_ROOT/.cache/collections
 export MOLECULE_EPHEMERAL_DIRECTORY_BASE=$LKT_STATE_DIR
 export XDG_CACHE_HOME=${XDG_CACHE_HOME:-$HOME/.cache}

@@ -240,7 +240,8 @@ def audit(node: Node) -> list[dict]:
 
 def run_secrets() -> dict[str, str]:
     """Every secret of this test run (scripts/test.sh makes them), by name. Report names only."""
-    found = {name: os.environ[name] for name in ("LKT_API_SECRET", "LKT_REDIS_PASSWORD", "LKT_S3_SECRET_KEY")
+    found = {name: os.environ[name] for name in ("LKT_API_SECRET", "LKT_REDIS_PASSWORD", "LKT_S3_SECRET_KEY",
+                                                 "LKT_PROBE_API_SECRET")
              if os.environ.get(name)}
     identity = os.environ.get("LKT_AGE_IDENTITY_FILE")
     if identity and os.path.exists(identity):

@@ -10,7 +10,11 @@ Alertmanager on the monitoring host, a real call, a real outage and a real webho
   no metric Prometheus does not have;
 * the blackbox exporter reports the TURN/TLS certificate's real expiry;
 * the scrape configuration for an existing Prometheus names the same jobs and targets;
-* a scrape source that is not a network and an unknown receiver type stop site.yml in its first play.
+* a scrape source that is not a network and an unknown receiver type stop site.yml in its first play;
+* the join probe on the monitoring host reports success on both paths against the healthy node (and
+  Prometheus has its series), a TURN failure with TURN/TLS blocked by the node's firewall while direct
+  media still works, and a join failure with livekit-server stopped; a probe key the servers do not
+  have stops site.yml in its first play.
 """
 
 from __future__ import annotations
@@ -29,14 +33,18 @@ import uuid
 import pytest
 import yaml
 
-from conftest import REPO, Node, load_nodes, participant, run_playbook, tcp_reachable, wait_until
+from conftest import (REPO, ArgvSampler, Node, assert_no_secret, load_nodes, participant, run_playbook,
+                      security_exposure, tcp_reachable, wait_until)
 
 RULES = "/etc/prometheus/rules/livekit.rules.yml"  # as the role installed them on the monitoring host
 DASHBOARD = REPO / "roles" / "livekit_monitoring" / "files" / "dashboards" / "livekit.json"
 RECEIVER = pathlib.Path(__file__).with_name("monitoring") / "receiver.py"
 RECEIVER_LOG = "/var/log/lkt-receiver.jsonl"
-# docs/monitoring.md, "To be written by later parts of the collection".
+# docs/monitoring.md, "To be written by later parts of the collection"; the probe's series come from
+# the probe host (instance lkt-mon-prom) and have tests of their own below.
 LATER = re.compile(r"^livekit_(probe_|restart_pending_|node_state$)")
+PROBE_UNIT = "livekit-join-probe"
+PROBE_TEXTFILE = "/var/lib/prometheus/node-exporter/livekit_join_probe.prom"
 
 
 @pytest.fixture(scope="module")
@@ -95,12 +103,6 @@ def rule_series(prom: Node) -> set[str]:
     return names
 
 
-def exposure(host: Node, unit: str) -> float:
-    out = host.sh(f"systemd-analyze security {unit} --no-pager", check=False).stdout
-    line = [line for line in out.splitlines() if "Overall exposure level" in line][-1]
-    return float(line.split(":")[1].split()[0])
-
-
 def test_exporters_listen_privately_behind_the_firewall(lk: Node, prom: Node) -> None:
     listening = lk.sh("ss -ltnH").stdout
     for port in (9100, 9121):
@@ -118,7 +120,8 @@ def test_units_are_hardened(lk: Node, prom: Node) -> None:
     for host, unit in ((lk, "prometheus-node-exporter"), (lk, "prometheus-redis-exporter"),
                        (prom, "prometheus"), (prom, "prometheus-alertmanager"), (prom, "prometheus-blackbox-exporter")):
         assert host.sh(f"systemctl is-active {unit}", check=False).stdout.strip() == "active", unit
-        assert exposure(host, unit) <= 2.0, unit
+        score, worst = security_exposure(host, unit)
+        assert score <= 2.0, (unit, worst)
 
 
 def test_redis_password_is_in_no_argument_list(lk: Node) -> None:
@@ -136,7 +139,9 @@ def test_every_series_the_rules_read_exists_after_a_call(lk: Node, prom: Node, c
         out = {}
         for name in sorted(wanted):
             found = query(prom, f"count by (job, instance) ({name})")
-            if not found or {r["metric"].get("instance") for r in found} != {lk.name}:
+            instances = {r["metric"].get("instance") for r in found}
+            # node_* also come from the probe host's node-exporter (the monitoring host runs the probe).
+            if lk.name not in instances or not instances <= {lk.name, prom.name}:
                 out[name] = [r["metric"] for r in found]
         return out
 
@@ -182,7 +187,9 @@ def tls_names(lk: Node, prom: Node) -> str:
 
 def test_every_dashboard_panel_returns_data_after_a_call(lk: Node, prom: Node, call: float, tls_names: str) -> None:
     queries = [(title, expr) for title, expr in dashboard_queries()
-               if not any(LATER.match(name) for name in re.findall(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{", expr))]
+               # The probe panels included: the monitoring host's probe has run since the converge.
+               if not any(LATER.match(name) and not name.startswith("livekit_probe_")
+                          for name in re.findall(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{", expr))]
     assert len(queries) >= 15, queries
 
     def empty() -> list[str]:
@@ -264,7 +271,10 @@ def test_scrape_config_for_an_existing_prometheus(lk: Node, prom: Node, tmp_path
     assert sorted(p.stem for p in tmp_path.glob("*.json")) == sorted(expected)
     for job, port in expected.items():
         groups = json.loads((tmp_path / f"{job}.json").read_text())
-        assert groups == [{"targets": [f"{lk.ip}:{port}"], "labels": {"instance": lk.name}}], groups
+        wanted = [{"targets": [f"{lk.ip}:{port}"], "labels": {"instance": lk.name}}]
+        if job == "node":  # the monitoring host runs the probe: its node-exporter publishes the results
+            wanted.append({"targets": [f"{prom.ip}:{port}"], "labels": {"instance": prom.name}})
+        assert groups == wanted, groups
         # The monitoring host's Prometheus reads the same targets.
         assert json.loads(prom.sh(f"cat /etc/prometheus/file_sd/{job}.json").stdout) == groups
     # The alert rules, with the inventory's thresholds: the ones the monitoring host loaded.
@@ -284,11 +294,14 @@ def test_scrape_config_for_an_existing_prometheus(lk: Node, prom: Node, tmp_path
      ("livekit_monitoring_alert_certificate_warning_days=2", "above livekit_monitoring_alert_certificate_critical_days")),
     ({"livekit_monitoring_tls_endpoints": ["https://livekit.example.com"]},
      ("livekit_monitoring_tls_endpoints", "https://livekit.example.com", "name and port")),
+    ({"livekit_join_probe_api_key": "APIprobeunknown"},
+     ("livekit_join_probe_api_key", "APIprobeunknown", "is not in livekit_server_api_keys of lkt-mon-node")),
 ], ids=["scrape-source-not-a-cidr", "unknown-receiver-type", "cpu-threshold-out-of-range",
-        "certificate-warning-below-critical", "tls-endpoint-not-name-port"])
+        "certificate-warning-below-critical", "tls-endpoint-not-name-port", "probe-key-not-in-the-servers-key-set"])
 def test_bad_input_is_refused_before_any_host_changes(lk: Node, prom: Node, extra: dict, words: tuple) -> None:
     def state() -> list[str]:
-        cmd = ("sha256sum /etc/default/prometheus* /etc/prometheus/*.yml /etc/prometheus/file_sd/* 2>/dev/null; "
+        cmd = ("sha256sum /etc/default/prometheus* /etc/prometheus/*.yml /etc/prometheus/file_sd/* "
+               "/etc/livekit-join-probe/* /etc/livekit/keys.yaml 2>/dev/null; "
                "nft list ruleset 2>/dev/null | sha256sum; systemctl show -p MainPID --value prometheus-alertmanager prometheus")
         return [lk.sh(cmd, check=False).stdout, prom.sh(cmd, check=False).stdout]
 
@@ -318,3 +331,109 @@ def test_reload_keeps_prometheus_and_alertmanager_running(prom: Node) -> None:
     script = ("import json, urllib.request; "
               "print(json.load(urllib.request.urlopen('http://127.0.0.1:9093/api/v2/status'))['config']['original'])")
     assert "group_wait: 6s" in prom.sh(f'python3 -c "{script}"').stdout
+
+
+# ---- the join probe (docs/monitoring.md, "Probe") ------------------------------------------------
+@pytest.fixture(scope="module")
+def probe(lk: Node, prom: Node):
+    """The probe on the monitoring host, its timer paused so only the tests' runs write results; the
+    TURN name resolves to the node there (the lab has no DNS for it)."""
+    prom.sh(f"grep -q ' {lk.turn_domain}$' /etc/hosts || echo '{lk.ip} {lk.turn_domain}' >> /etc/hosts")
+    prom.sh(f"systemctl stop {PROBE_UNIT}.timer")
+    wait_until(lambda: prom.sh(f"systemctl is-active {PROBE_UNIT}.service", check=False).stdout.strip() != "activating",
+               timeout=180, step=2)
+    yield prom
+    prom.sh(f"systemctl start {PROBE_UNIT}.timer")
+
+
+def run_probe(prom: Node) -> dict[str, dict]:
+    """One probe run through its unit, as the timer starts it: {path: the JSON line it logged}."""
+    since = prom.sh("date +%s.%N").stdout.strip()
+    prom.sh(f"systemctl start {PROBE_UNIT}.service")
+    out = prom.sh(f"journalctl -u {PROBE_UNIT}.service --since @{since} -o cat --no-pager").stdout
+    results = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return {r["path"]: r for r in results if r["target"] == "lkt-mon-node"}
+
+
+def probe_series(prom: Node, name: str, path: str) -> list[dict]:
+    return query(prom, f'{name}{{instance="lkt-mon-prom", target="lkt-mon-node", path="{path}"}}')
+
+
+def test_probe_succeeds_on_both_paths_and_prometheus_has_it(lk: Node, probe: Node) -> None:
+    sampler = ArgvSampler([probe])
+    sampler.start()
+    try:
+        results = run_probe(probe)
+    finally:
+        sampler.stop.set()
+        sampler.join(timeout=60)
+    print("probe results:", json.dumps(results))
+    for path in ("direct", "relay_tls"):
+        assert results[path]["failure"] == "none", results
+        assert 0 < results[path]["join_seconds"] < 10 and 0 < results[path]["first_frame_seconds"] < 15, results
+    # The key's secret: in no command line or unit, on disk for root and the probe's group only.
+    assert_no_secret("the probe", json.dumps(results) + probe.sh(f"systemctl cat {PROBE_UNIT}.service").stdout,
+                     sampler, {"probe key secret": os.environ["LKT_PROBE_API_SECRET"]})
+    assert probe.sh("stat -c '%a %U %G' /etc/livekit-join-probe/api-secret").stdout.split() == ["640", "root", "livekit-probe"]
+    assert os.environ["LKT_PROBE_API_SECRET"] not in probe.sh(f"systemctl show -p Environment {PROBE_UNIT}.service").stdout
+    # The textfile series, written atomically by the probe's user, read by node-exporter.
+    text = probe.sh(f"cat {PROBE_TEXTFILE}").stdout
+    assert 'livekit_probe_success{target="lkt-mon-node",path="relay_tls",failure="none"} 1' in text, text
+    assert probe.sh(f"stat -L -c '%U' {PROBE_TEXTFILE}").stdout.strip() == "livekit-probe"
+
+    def in_prometheus() -> bool:
+        return all(
+            [float(r["value"][1]) for r in probe_series(probe, "livekit_probe_success", path)
+             if r["metric"]["failure"] == "none"] == [1.0]
+            and probe_series(probe, "livekit_probe_join_seconds", path)
+            and probe_series(probe, "livekit_probe_first_frame_seconds", path)
+            for path in ("direct", "relay_tls"))
+
+    assert wait_until(in_prometheus, timeout=60, step=3), query(probe, '{__name__=~"livekit_probe_.*"}')
+    assert query(probe, 'time() - livekit_probe_last_run_timestamp_seconds{instance="lkt-mon-prom", target="lkt-mon-node"} < 300')
+
+
+def test_probe_unit_is_hardened(probe: Node) -> None:
+    score, worst = security_exposure(probe, f"{PROBE_UNIT}.service")
+    assert score <= 2.0, worst
+    assert probe.sh(f"systemctl show -p User --value {PROBE_UNIT}.service").stdout.strip() == "livekit-probe"
+    limit = probe.sh(f"systemctl show -p TimeoutStartUSec --value {PROBE_UNIT}.service").stdout.strip()
+    assert limit not in ("", "infinity"), limit
+
+
+def test_probe_reports_a_turn_failure_when_turn_tls_is_blocked(lk: Node, probe: Node) -> None:
+    """TURN/TLS on 443 dropped by the node's firewall (a table of the test's own, before the
+    collection's): relay_tls fails and says why, direct media still works."""
+    lk.sh(f"nft add table inet lkt_test_block && nft add chain inet lkt_test_block input "
+          f"'{{ type filter hook input priority -10; }}' && nft add rule inet lkt_test_block input "
+          f"ip saddr {probe.ip} tcp dport {lk.turn_tls_port} drop")
+    try:
+        results = run_probe(probe)
+    finally:
+        lk.sh("nft delete table inet lkt_test_block", check=False)
+    print("probe results with TURN/TLS blocked:", json.dumps(results))
+    assert results["direct"]["failure"] == "none", results
+    assert results["relay_tls"]["failure"] == "timeout", results
+
+    def turn_failure_in_prometheus() -> bool:
+        return [(r["metric"]["failure"], r["value"][1]) for r in probe_series(probe, "livekit_probe_success", "relay_tls")] \
+            == [("timeout", "0")]
+
+    assert wait_until(turn_failure_in_prometheus, timeout=60, step=3), probe_series(probe, "livekit_probe_success", "relay_tls")
+    # A failed path leaves no join or first-frame time behind.
+    assert not probe_series(probe, "livekit_probe_join_seconds", "relay_tls")
+    assert probe_series(probe, "livekit_probe_join_seconds", "direct")
+
+
+def test_probe_reports_a_join_failure_when_the_server_is_stopped(lk: Node, probe: Node) -> None:
+    lk.sh("systemctl stop livekit-server")
+    try:
+        results = run_probe(probe)
+    finally:
+        lk.sh("systemctl start livekit-server")
+    print("probe results with livekit-server stopped:", json.dumps(results))
+    for path in ("direct", "relay_tls"):
+        assert results[path]["failure"] == "error" and "refused" in results[path]["detail"], results
+    assert wait_until(lambda: tcp_reachable(lk.ip, lk.port), timeout=60)
+    # And it recovers with the server.
+    assert wait_until(lambda: run_probe(probe)["direct"]["failure"] == "none", timeout=120, step=5)

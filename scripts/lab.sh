@@ -35,6 +35,12 @@ all:
     redis:
       hosts:
         $name:
+    # No monitoring host or outside probe in the lab (docs/monitoring.md); the groups exist so
+    # site.yml's plays for them match nothing without a warning.
+    monitoring:
+      hosts: {}
+    livekit_join_probe:
+      hosts: {}
 YAML
   # Secrets are generated once per lab and kept only here (mode 0600).
   if [ ! -s "$inventory/group_vars/all/secrets.yml" ]; then

@@ -23,7 +23,7 @@ import time
 
 import yaml
 
-node, prom, runs, rules_file = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+node, prom, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
 RECEIVER_LOG = "/var/log/lkt-bench-receiver.jsonl"
 ALERT = "LivekitServerDown"
 
@@ -85,7 +85,9 @@ def duration(text: str) -> float:
     return total
 
 
-rule = next(r for g in yaml.safe_load(open(rules_file))["groups"] for r in g["rules"] if r.get("alert") == ALERT)
+# The rules as the role installed them on the monitoring host (a template in the repository).
+installed = yaml.safe_load(sh(prom, "cat /etc/prometheus/rules/livekit.rules.yml"))
+rule = next(r for g in installed["groups"] for r in g["rules"] if r.get("alert") == ALERT)
 for_s = duration(rule["for"])
 up = f'up{{job="livekit", instance="{node}"}}'
 

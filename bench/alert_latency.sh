@@ -67,4 +67,4 @@ podman exec "$prom" systemd-run --unit=lkt-bench-receiver python3 /usr/local/bin
   127.0.0.1 9099 /var/log/lkt-bench-receiver.jsonl >/dev/null
 grep -E '^\s+(scrape|evaluation)_interval' <(podman exec "$prom" cat /etc/prometheus/prometheus.yml) >&2
 grep -E '^\s+group_(wait|interval)' <(podman exec "$prom" cat /etc/prometheus/alertmanager.yml) >&2
-python bench/alert_latency.py "$name" "$prom" "$runs" roles/livekit_monitoring/files/rules/livekit.rules.yml
+python bench/alert_latency.py "$name" "$prom" "$runs"

@@ -418,6 +418,30 @@ def test_failed_restore_puts_the_live_data_back(hosts, api_key, api_secret):
     assert node.sh("ls -A /var/lib/livekit-restore").stdout.strip() == "", "the failed restore left files behind"
 
 
+def test_latest_json_moved_back_by_a_host_key_does_not_roll_the_host_back(hosts, s3):
+    """latest.json is not signed and every host's S3 key can write it. Pointed back at an older
+    genuine backup, a restore of "latest" still takes the newest backup whose signature verifies,
+    and says that latest.json disagreed."""
+    node = hosts[A]
+    ids = []
+    for generation in ("older", "newest"):
+        redis(node, "SET", "lkt:generation", generation)
+        time.sleep(1.1)  # ids have one-second resolution
+        result = run_playbook("backup.yml", "--limit", A)
+        assert result.returncode == 0, output(result)[-3000:]
+        ids.append(latest(s3)["id"])
+    s3.put_object(Bucket=BUCKET, Key=f"livekit/{A}/latest.json", Body=json.dumps({"id": ids[0]}).encode())
+    redis(node, "SET", "lkt:generation", "live")
+    result = run_playbook("restore.yml", "--limit", A)
+    assert result.returncode == 0, output(result)[-3000:]
+    assert redis_values(node, ["lkt:generation"]) == ["newest"]
+    said = " ".join(output(result).split())  # warnings are wrapped to the terminal's width
+    assert f"names backup {ids[0]}, but the newest backup whose signature verifies is {ids[1]}" in said, said[-3000:]
+    # Put the pointer right again for the tests that follow.
+    s3.put_object(Bucket=BUCKET, Key=f"livekit/{A}/latest.json", Body=json.dumps({"id": ids[1]}).encode())
+    redis(node, "DEL", "lkt:generation")
+
+
 def member(name: str, data: bytes | None = b"", mode: int = 0o640, kind: bytes = tarfile.REGTYPE, link: str = "",
            owner: str = "root") -> tuple[tarfile.TarInfo, bytes | None]:
     info = tarfile.TarInfo(name)

@@ -913,7 +913,9 @@ def write_status(status_file, textfile, result, success, now):
             "livekit_backup_last_success_timestamp_seconds %d" % status.get("last_success", 0),
             "# HELP livekit_backup_last_attempt_ok Whether the last backup run succeeded (1) or failed (0).",
             "# TYPE livekit_backup_last_attempt_ok gauge",
-            "livekit_backup_last_attempt_ok %d" % (1 if status.get("last_attempt_ok", success) else 0),
+            # A skip is not an attempt: before any real run there is no failure to report.
+            "livekit_backup_last_attempt_ok %d" % (1 if status.get("last_attempt_ok", success or result.get("skipped"))
+                                                   else 0),
             "# HELP livekit_backup_last_size_bytes Size of the last verified encrypted archive.",
             "# TYPE livekit_backup_last_size_bytes gauge",
             "livekit_backup_last_size_bytes %d" % (status.get("last_size") or 0),

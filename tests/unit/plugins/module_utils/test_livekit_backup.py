@@ -350,6 +350,18 @@ def test_status_file_and_textfile_record_the_last_success(tmp_path):
     assert "livekit_backup_last_success_timestamp_seconds 1000" in text and "livekit_backup_last_attempt_ok 0" in text
 
 
+def test_a_skip_is_not_a_failure_even_before_any_real_run(tmp_path):
+    """LivekitBackupFailed reads livekit_backup_last_attempt_ok: a run that only found the lock busy
+    (another backup, a restore) must never set it to 0, not even as a host's very first run."""
+    status, textfile = str(tmp_path / "s.json"), str(tmp_path / "m.prom")
+    lb.write_status(status, textfile, {"msg": "another backup or restore holds the lock", "skipped": True}, False, 500)
+    assert "livekit_backup_last_attempt_ok 1" in open(textfile).read()
+    assert "last_attempt_ok" not in json.load(open(status))
+    lb.write_status(status, textfile, {"msg": "boom"}, False, 1000)
+    lb.write_status(status, textfile, {"msg": "busy", "skipped": True}, False, 1500)
+    assert "livekit_backup_last_attempt_ok 0" in open(textfile).read()
+
+
 def test_redis_client_talks_through_the_unix_socket(tmp_path):
     import socket
     path = str(tmp_path / "redis.sock")

@@ -913,7 +913,9 @@ def write_status(status_file, textfile, result, success, now):
             "livekit_backup_last_success_timestamp_seconds %d" % status.get("last_success", 0),
             "# HELP livekit_backup_last_attempt_ok Whether the last backup run succeeded (1) or failed (0).",
             "# TYPE livekit_backup_last_attempt_ok gauge",
-            "livekit_backup_last_attempt_ok %d" % (1 if status.get("last_attempt_ok", success) else 0),
+            # A skip is not an attempt: before any real run there is no failure to report.
+            "livekit_backup_last_attempt_ok %d" % (1 if status.get("last_attempt_ok", success or result.get("skipped"))
+                                                   else 0),
             "# HELP livekit_backup_last_size_bytes Size of the last verified encrypted archive.",
             "# TYPE livekit_backup_last_size_bytes gauge",
             "livekit_backup_last_size_bytes %d" % (status.get("last_size") or 0),
@@ -1091,15 +1093,36 @@ DEFAULTS = dict(
 # Reading backups back
 
 
-def find_backup(store, backup_id="latest", public_key=None, ssh_keygen="ssh-keygen"):
-    """The manifest of ``backup_id`` (or of the one "latest" points to), its signature verified
-    with ``public_key`` (the host's, from the inventory) before anything else is read. The
-    manifest must name the host and id it is filed under."""
-    if backup_id in (None, "", "latest"):
-        latest = store.get_json(store.key(LATEST_NAME))
-        if not latest:
-            raise BackupError("there is no backup of %s yet (no %s)" % (store.base, store.key(LATEST_NAME)))
-        backup_id = latest["id"]
+def find_backup(store, backup_id="latest", public_key=None, ssh_keygen="ssh-keygen", warn=None):
+    """The manifest of ``backup_id``, its signature verified with ``public_key`` (the host's, from
+    the inventory) before anything else is read. The manifest must name the host and id it is filed
+    under. "latest" is the newest backup whose manifest verifies: latest.json is not signed, so it
+    is never trusted to choose (a host's S3 key could point it at an older backup). Newer backups
+    whose manifests do not verify are skipped and reported through ``warn``."""
+    if backup_id not in (None, "", "latest"):
+        return _verified_manifest(store, backup_id, public_key, ssh_keygen)
+    ids, complete = store.backup_ids()
+    refused = []
+    for candidate in (i for i in ids if i in complete):
+        try:
+            manifest = _verified_manifest(store, candidate, public_key, ssh_keygen)
+        except BackupError as err:
+            refused.append(str(err))
+            continue
+        if refused and warn:
+            warn("newer backups of %s were skipped: %s" % (store.base, "; ".join(refused)))
+        pointer = store.get_json(store.key(LATEST_NAME)) or {}
+        if warn and pointer.get("id") not in (None, candidate) and not refused:
+            warn("%s names backup %s, but the newest backup whose signature verifies is %s; using %s"
+                 % (store.key(LATEST_NAME), pointer.get("id"), candidate, candidate))
+        return manifest
+    if refused:
+        raise BackupError("no backup of %s verifies with the host's public key: %s" % (store.base, "; ".join(refused)))
+    raise BackupError("there is no complete backup of %s yet (nothing with a manifest under %s/)"
+                      % (store.base, store.base))
+
+
+def _verified_manifest(store, backup_id, public_key, ssh_keygen):
     what = "backup %s of %s" % (backup_id, store.base)
     body = store.get_bytes(store.key(backup_id, MANIFEST_NAME))
     if body is None:

@@ -106,7 +106,7 @@ def main():
         manifest = None
         if good or latest:
             try:
-                manifest = lb.find_backup(store, params["backup"], params["public_key"], ssh_keygen)
+                manifest = lb.find_backup(store, params["backup"], params["public_key"], ssh_keygen, warn=module.warn)
             except lb.BackupError as err:
                 if "has no manifest" not in str(err) and "no backup of" not in str(err):
                     module.fail_json(msg=str(err), backups=[dict(id=i, complete=i in good) for i in ids], latest=latest)

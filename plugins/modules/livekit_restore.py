@@ -234,7 +234,7 @@ def fetch(module, params):
             if os.path.isdir(dest):
                 shutil.rmtree(dest)
         # The signature first: nothing is downloaded or decrypted for a backup this host did not make.
-        manifest = lb.find_backup(store, params["backup"], params["public_key"], ssh_keygen)
+        manifest = lb.find_backup(store, params["backup"], params["public_key"], ssh_keygen, warn=module.warn)
         got = lb.fetch_backup(store, manifest, params["identity"], dest, age, policy(params))
         with open(os.path.join(work if not module.check_mode else dest, "fetched.json"), "w") as handle:
             json.dump(dict(manifest=manifest, unpacked=got["unpacked"]), handle)

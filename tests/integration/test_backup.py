@@ -128,6 +128,13 @@ def verifies(body: bytes, signature: bytes, key: pathlib.Path) -> bool:
 # Stands in for age on the host during a restore: notes whether --identity names a file on disk
 # (the identity written to a file) or reads a pipe, then runs the real age.
 SPY_LOG = "/run/lkt-age-spy.log"
+MODULE_TMP = "/run/livekit-restore-module"
+SEEN_LOG = "/run/lkt-identity-seen.log"
+# Every 50 ms: the files on disk-backed directories Ansible or the restore could use that hold an age
+# identity (file names only; the identity never reaches a command line).
+IDENTITY_WATCH = (f"while :; do echo watching >> {SEEN_LOG}; "
+                  "grep -rlsF AGE-SECRET-KEY- /root /tmp /var/tmp /var/lib/livekit-restore /var/backups >> " + SEEN_LOG + "; "
+                  "sleep 0.05; done")
 AGE_SPY = f"""#!/bin/sh
 prev=
 for arg in "$@"; do
@@ -387,14 +394,23 @@ def test_restore_in_place_brings_back_the_backed_up_state(hosts, api_key, api_se
     old_pids = pids(node)
     # A look at every age the restore runs: is its --identity a file on the host's disk?
     node.sh(f"printf '%s' {shlex.quote(AGE_SPY)} > /usr/local/bin/age && chmod 755 /usr/local/bin/age && rm -f {SPY_LOG}")
+    # And at every file on the disk while the restore runs: none may hold an age identity (the
+    # podman connection cannot pipeline, so Ansible writes each module with its arguments to the
+    # host first). What a killed restore left in the module directory goes at the next one.
+    node.sh(f"mkdir -p {MODULE_TMP}/ansible-tmp-killed && echo AGE-SECRET-KEY-1LEFTOVER > {MODULE_TMP}/ansible-tmp-killed/x "
+            f"&& rm -f {SEEN_LOG} && systemd-run --unit lkt-identity-watch sh -c {shlex.quote(IDENTITY_WATCH)}")
     try:
         result = run_playbook_watched("restore.yml", "--limit", A, nodes=[node])
         spied = node.sh(f"cat {SPY_LOG}", check=False).stdout
     finally:
-        node.sh("rm -f /usr/local/bin/age", check=False)
+        node.sh("rm -f /usr/local/bin/age; systemctl stop lkt-identity-watch", check=False)
     assert result.returncode == 0, output(result)[-3000:]
     assert "--decrypt" in spied, "the restore never ran age"
     assert "identity-file" not in spied, f"the age identity was written to a file on the host: {spied}"
+    watched = node.sh(f"cat {SEEN_LOG}").stdout.splitlines()
+    assert "watching" in watched, "the watcher never ran"
+    assert sorted({line for line in watched if line != "watching"}) == [], "an age identity was on the host's disk"
+    assert node.sh(f"ls -A {MODULE_TMP} 2>/dev/null || true").stdout.strip() == "", "the module directory was left behind"
     assert redis_values(node, sorted(KNOWN)) == [KNOWN[k] for k in sorted(KNOWN)]
     assert redis_values(node, ["lkt:after"]) == [None]
     new_pids = pids(node)
@@ -416,6 +432,31 @@ def test_failed_restore_puts_the_live_data_back(hosts, api_key, api_secret):
     assert node.sh("systemctl is-active livekit-server redis-server").stdout.split() == ["active", "active"]
     assert wait_until(lambda: accepted(node, api_key, api_secret), 30)
     assert node.sh("ls -A /var/lib/livekit-restore").stdout.strip() == "", "the failed restore left files behind"
+
+
+def test_latest_json_moved_back_by_a_host_key_does_not_roll_the_host_back(hosts, s3):
+    """latest.json is not signed and every host's S3 key can write it. Pointed back at an older
+    genuine backup, a restore of "latest" still takes the newest backup whose signature verifies,
+    and says that latest.json disagreed."""
+    node = hosts[A]
+    ids = []
+    for generation in ("older", "newest"):
+        redis(node, "SET", "lkt:generation", generation)
+        time.sleep(1.1)  # ids have one-second resolution
+        result = run_playbook("backup.yml", "--limit", A)
+        assert result.returncode == 0, output(result)[-3000:]
+        ids.append(latest(s3)["id"])
+    pointer = s3.get_object(Bucket=BUCKET, Key=f"livekit/{A}/latest.json")["Body"].read()
+    s3.put_object(Bucket=BUCKET, Key=f"livekit/{A}/latest.json", Body=json.dumps({"id": ids[0]}).encode())
+    redis(node, "SET", "lkt:generation", "live")
+    result = run_playbook("restore.yml", "--limit", A)
+    assert result.returncode == 0, output(result)[-3000:]
+    assert redis_values(node, ["lkt:generation"]) == ["newest"]
+    said = " ".join(output(result).split())  # warnings are wrapped to the terminal's width
+    assert f"names backup {ids[0]}, but the newest backup whose signature verifies is {ids[1]}" in said, said[-3000:]
+    # Put the pointer right again for the tests that follow.
+    s3.put_object(Bucket=BUCKET, Key=f"livekit/{A}/latest.json", Body=pointer)
+    redis(node, "DEL", "lkt:generation")
 
 
 def member(name: str, data: bytes | None = b"", mode: int = 0o640, kind: bytes = tarfile.REGTYPE, link: str = "",

@@ -350,6 +350,18 @@ def test_status_file_and_textfile_record_the_last_success(tmp_path):
     assert "livekit_backup_last_success_timestamp_seconds 1000" in text and "livekit_backup_last_attempt_ok 0" in text
 
 
+def test_a_skip_is_not_a_failure_even_before_any_real_run(tmp_path):
+    """LivekitBackupFailed reads livekit_backup_last_attempt_ok: a run that only found the lock busy
+    (another backup, a restore) must never set it to 0, not even as a host's very first run."""
+    status, textfile = str(tmp_path / "s.json"), str(tmp_path / "m.prom")
+    lb.write_status(status, textfile, {"msg": "another backup or restore holds the lock", "skipped": True}, False, 500)
+    assert "livekit_backup_last_attempt_ok 1" in open(textfile).read()
+    assert "last_attempt_ok" not in json.load(open(status))
+    lb.write_status(status, textfile, {"msg": "boom"}, False, 1000)
+    lb.write_status(status, textfile, {"msg": "busy", "skipped": True}, False, 1500)
+    assert "livekit_backup_last_attempt_ok 0" in open(textfile).read()
+
+
 def test_redis_client_talks_through_the_unix_socket(tmp_path):
     import socket
     path = str(tmp_path / "redis.sock")
@@ -506,6 +518,24 @@ class FakeStore:
     def get_json(self, key):
         return json.loads(self.objects[key]) if key in self.objects else None
 
+    def backup_ids(self):
+        ids, good = set(), set()
+        for key in self.objects:
+            rest = key[len(self.base) + 1:]
+            if "/" in rest:
+                ids.add(rest.split("/")[0])
+                if rest.endswith("/" + lb.MANIFEST_NAME):
+                    good.add(rest.split("/")[0])
+        return sorted(ids, reverse=True), good
+
+
+def add_backup(store, backup_id, key_file):
+    """A complete backup of node-1 signed with key_file (manifest and signature; the archive is not needed)."""
+    body = json.dumps({"id": backup_id, "host": "node-1",
+                       "archive": {"key": "livekit/node-1/%s/archive.tar.gz.age" % backup_id}}).encode()
+    store.objects["livekit/node-1/%s/manifest.json" % backup_id] = body
+    store.objects["livekit/node-1/%s/manifest.json.sig" % backup_id] = lb.sign_manifest(body, key_file)
+
 
 def signed_store(key_file, manifest=None, sign=True):
     manifest = manifest or {"id": "20261123T031500Z", "host": "node-1",
@@ -540,6 +570,39 @@ def test_unsigned_forged_and_changed_manifests_are_refused(signing_key, tmp_path
     with pytest.raises(lb.BackupError, match="says it is backup 20261123T031500Z of node-2"):
         lb.find_backup(signed_store(key_file, {"id": "20261123T031500Z", "host": "node-2", "archive": {}}),
                        "latest", public)
+
+
+def test_latest_is_the_newest_verified_backup_whatever_latest_json_says(signing_key, tmp_path):
+    """latest.json is not signed: a host's S3 key could point it back at an old genuine backup (a
+    rollback of the keys and rooms restored), or at nothing. "latest" is chosen from signed manifests."""
+    key_file, public = signing_key
+    store = signed_store(key_file)  # 20261123T031500Z, latest.json names it
+    add_backup(store, "20261124T031500Z", key_file)
+    add_backup(store, "20261120T031500Z", key_file)
+    warnings = []
+    assert lb.find_backup(store, "latest", public, warn=warnings.append)["id"] == "20261124T031500Z"
+    assert "names backup 20261123T031500Z, but the newest backup whose signature verifies is 20261124T031500Z" \
+        in warnings[0]
+    # A newer backup signed by another key (or unsigned) is skipped, said so, and never restored.
+    other = tmp_path / "other"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    add_backup(store, "20261125T031500Z", str(other))
+    store.objects["livekit/node-1/latest.json"] = json.dumps({"id": "20261125T031500Z"}).encode()
+    warnings = []
+    assert lb.find_backup(store, "latest", public, warn=warnings.append)["id"] == "20261124T031500Z"
+    assert "20261125T031500Z" in warnings[0] and "does not verify" in warnings[0]
+    # An incomplete newer backup (no manifest yet) is not a candidate; without latest.json it still works.
+    store.objects["livekit/node-1/20261126T031500Z/archive.tar.gz.age"] = b"partial"
+    del store.objects["livekit/node-1/latest.json"]
+    assert lb.find_backup(store, "latest", public)["id"] == "20261124T031500Z"
+
+
+def test_no_verified_backup_names_the_reasons(signing_key, tmp_path):
+    key_file, public = signing_key
+    with pytest.raises(lb.BackupError, match="no backup of livekit/node-1 verifies .* is not signed"):
+        lb.find_backup(signed_store(key_file, sign=False), "latest", public)
+    with pytest.raises(lb.BackupError, match="there is no complete backup of livekit/node-1 yet"):
+        lb.find_backup(FakeStore({}), "latest", public)
 
 
 def test_a_restore_keeps_the_live_file_this_host_made_and_reverts_cleanly(tmp_path):

@@ -3,7 +3,8 @@ node-exporter serves (livekit_restart_pending_since_timestamp_seconds, livekit_n
 
 In the default scenario the reaper's timer runs on lkt-bookworm only (the first host of the livekit
 group) as a dry run with a 60 s threshold and rooms named keep-* allow-listed
-(molecule/default/host_vars/lkt-bookworm.yml)."""
+(molecule/default/host_vars/lkt-bookworm.yml). It runs before test_key_rotation.py, which retires
+the run's API key on lkt-bookworm."""
 
 from __future__ import annotations
 
@@ -130,6 +131,9 @@ def test_reaper_closes_only_the_idle_room_and_its_dry_run_changes_nothing(
     assert speaker.connected() and listener.connected() and agent.connected()
     closed = [line for line in audit_lines(node, idle) if line["event"] == "room_reaped"]
     assert len(closed) == 1 and closed[0]["identities"] == ["recorder"] and closed[0]["dry_run"] is False, closed
+    # Leave cleanly: a killed client would hold the node for its ping timeout (test_key_rotation drains it next).
+    for person in (speaker, listener, agent):
+        person.hang_up()
 
 
 @pytest.mark.parametrize("extra, variable", [

@@ -39,13 +39,16 @@ def parse_list_nodes(text):
         if not cells or not cells[0].startswith("ND_"):
             continue
         nodes.append(dict(id=cells[0], ip=cells[1], region=cells[2], rooms=int(cells[6] or 0),
-                          clients=int(cells[7] or 0), state=state[0].strip("()")))
+                          clients=int(cells[7] or 0), state=state[0].strip("()"), updated=state[-1]))
     return nodes
 
 
 def own_state(nodes, address):
-    """The state in the record of the node at ``address``, or None when it has none."""
-    return next((n["state"] for n in nodes if n["ip"] == address), None)
+    """The state in the record of the node at ``address``, or None when it has none. A node killed
+    without a clean stop can leave its old record behind next to the new one until it expires:
+    the most recently updated record is the node's."""
+    mine = sorted((n for n in nodes if n["ip"] == address), key=lambda n: n.get("updated", ""))
+    return mine[-1]["state"] if mine else None
 
 
 def pending_since(marker):
@@ -76,9 +79,12 @@ def read_node_state(list_nodes_command, address, timeout=30):
         done = subprocess.run(list_nodes_command, capture_output=True, text=True, timeout=timeout, check=False)
     except (OSError, subprocess.SubprocessError) as err:
         return None, "list-nodes did not run: %s" % err
-    nodes = parse_list_nodes(done.stdout + "\n" + done.stderr)
-    if done.returncode != 0 and not nodes:
-        return None, "list-nodes exited %d: %s" % (done.returncode, (done.stderr or done.stdout).strip()[-300:])
+    text = done.stdout + "\n" + done.stderr
+    nodes = parse_list_nodes(text)
+    # livekit-server exits 0 on start-up errors (a configuration it cannot load, Redis unreachable):
+    # no table at all is a failure whatever the exit status.
+    if not nodes and (done.returncode != 0 or "\u2502" not in text):
+        return None, "list-nodes (exit %d) printed no node table: %s" % (done.returncode, text.strip()[-300:])
     return own_state(nodes, address), None
 
 

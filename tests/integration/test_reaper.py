@@ -68,7 +68,7 @@ def test_the_reaper_timer_runs_on_one_node_as_a_dry_run(hosts) -> None:
     assert hosts["lkt-trixie"].sh("systemctl is-enabled livekit-room-reaper.timer", check=False).stdout.strip() == "disabled"
     config = json.loads(hosts["lkt-bookworm"].sh("cat /etc/livekit-reaper/config.json").stdout)
     assert config["dry_run"] is True and config["threshold"] == THRESHOLD and config["allow_list"] == ["^keep-"]
-    # No secret in the settings: the key file reaches the service as a systemd credential.
+    # No secret in the settings: the service reads livekit-server's key file itself.
     assert "secret" not in json.dumps(config).lower()
     mode = hosts["lkt-bookworm"].sh("stat -c '%a %U' /etc/livekit-reaper/config.json").stdout.strip()
     assert mode == "640 root"

@@ -5,8 +5,8 @@
 
 Run by livekit-room-reaper.service (from its timer). The work is done by livekit_reaper.py, the same
 file the selfhosted.livekit.livekit_room_reaper module uses, installed next to this by the role.
-The API key comes from livekit-server's key file, which systemd hands to the service as the
-credential ``keys`` (LoadCredential=), never through the command line or the environment.
+The API key comes from livekit-server's key file (``key_file`` in the settings, which hold no
+secret), never through the command line or the environment.
 One JSON line per room closed (or, in a dry run, that would be closed) goes to the journal and
 the audit log. Exit status: 0 done, 1 the rooms could not be listed or a room could not be closed.
 """
@@ -24,10 +24,8 @@ def main(argv):
     path = argv[1] if len(argv) > 1 else "/etc/livekit-reaper/config.json"
     with open(path) as handle:
         cfg = json.load(handle)
-    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
-    key_file = os.path.join(credentials, "keys") if credentials else cfg["key_file"]
     try:
-        with open(key_file) as handle:
+        with open(cfg["key_file"]) as handle:
             keys = livekit_api.parse_key_file(handle.read())
         name = cfg.get("key_name") or next(iter(keys))
         if name not in keys:

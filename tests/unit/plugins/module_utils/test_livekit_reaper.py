@@ -4,11 +4,12 @@ it writes to the audit log and its state. The real server is exercised by the de
 from __future__ import annotations
 
 import json
+import pathlib
 
 import pytest
 
 from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_api import LiveKitAPIError
-from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_metrics import node_textfile, own_state
+from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_metrics import node_textfile, own_state, read_node_state
 from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_reaper import (
     Reaper,
     ReaperError,
@@ -158,7 +159,23 @@ def test_node_textfile_has_both_states_always():
     assert "livekit_restart_pending_since_timestamp_seconds 0\n" in none
 
 
-def test_own_state_is_the_record_with_this_nodes_address():
-    nodes = [dict(ip="10.0.0.1", state="SERVING"), dict(ip="10.0.0.2", state="SHUTTING_DOWN")]
+def test_own_state_is_the_latest_record_with_this_nodes_address():
+    nodes = [dict(ip="10.0.0.1", state="SERVING", updated="2026-11-23 09:10:49"),
+             dict(ip="10.0.0.2", state="SERVING", updated="2026-11-23 08:00:00"),  # left by a killed process
+             dict(ip="10.0.0.2", state="SHUTTING_DOWN", updated="2026-11-23 09:10:49")]
     assert own_state(nodes, "10.0.0.2") == "SHUTTING_DOWN"
     assert own_state(nodes, "10.0.0.3") is None
+
+
+def test_a_list_nodes_that_prints_no_table_is_an_error(tmp_path):
+    """livekit-server exits 0 when it cannot load its configuration (seen in a sandbox without
+    AF_NETLINK: 'could not validate RTC config'); that must not read as 'no record'."""
+    fake = tmp_path / "livekit-server"
+    fake.write_text("#!/bin/sh\necho 'could not validate RTC config: route ip+net: netlinkrib: address family not supported'\n")
+    fake.chmod(0o755)
+    state, error = read_node_state([str(fake)], "10.0.0.2")
+    assert state is None and "printed no node table" in error and "could not validate RTC config" in error
+    table = (pathlib.Path(__file__).parent / "list-nodes.txt").read_text()
+    (tmp_path / "table.txt").write_text(table)
+    fake.write_text("#!/bin/sh\ncat %s\n" % (tmp_path / "table.txt"))
+    assert read_node_state([str(fake)], "10.89.0.3") == ("SERVING", None)

@@ -146,8 +146,9 @@ def test_bad_reaper_settings_are_refused_before_anything_changes(reaper_node: No
     before = node.sh("sha256sum /etc/livekit-reaper/config.json /etc/systemd/system/livekit-room-reaper.*").stdout
     for playbook in ("reap_idle_rooms.yml", "site.yml"):
         result = run_playbook(playbook, "--limit", node.name, "-e", extra, timeout=600)
-        assert result.returncode != 0, result.stdout[-2000:]
-        assert variable in result.stdout, (playbook, result.stdout[-3000:])
+        said = result.stdout + result.stderr  # a failed task's message goes to stderr
+        assert result.returncode != 0, said[-2000:]
+        assert variable in said, (playbook, said[-3000:])
         assert not re.search(r"\bchanged=[1-9]", result.stdout), (playbook, result.stdout[-3000:])
     assert node.sh("sha256sum /etc/livekit-reaper/config.json /etc/systemd/system/livekit-room-reaper.*").stdout == before
 

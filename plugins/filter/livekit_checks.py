@@ -16,6 +16,7 @@ import struct
 
 from ansible.errors import AnsibleFilterError
 from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_nft import RuleError, render_rules
+from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_reaper import compile_patterns
 
 
 def _as_list(values, name):
@@ -108,6 +109,16 @@ def ssh_public_key(private_key):
     return "ssh-ed25519 " + base64.b64encode(public).decode()
 
 
+def pattern_problems(patterns):
+    """Why a list of room-name patterns is not what the idle-room reaper accepts (the message of the
+    same check the reaper makes), or an empty string when every entry is a regular expression."""
+    try:
+        compile_patterns(patterns)
+    except ValueError as err:
+        return str(err)
+    return ""
+
+
 class FilterModule(object):
     def filters(self):
         return {
@@ -115,4 +126,5 @@ class FilterModule(object):
             "invalid_networks": invalid_networks,
             "firewall_rule_problems": firewall_rule_problems,
             "ssh_public_key": ssh_public_key,
+            "pattern_problems": pattern_problems,
         }

@@ -4,6 +4,10 @@
 utilities: access tokens are HS256 JWTs made with the standard library, and the server API is
 Twirp (JSON over HTTP POST). The modules that inspect, restart or rotate keys on a node share this
 client; secrets never appear in the messages of the exceptions it raises.
+
+The livekit_server role also installs this file on the host for the idle-room reaper's timer, where
+Ansible is not installed: there, ``open_url`` is a small standard-library stand-in that, like
+Ansible's with ``follow_redirects="none"``, answers a redirect with an HTTPError.
 """
 
 from __future__ import annotations
@@ -17,8 +21,25 @@ import re
 import time
 import urllib.error
 
-from ansible.module_utils.urls import ConnectionError as UrlsConnectionError
-from ansible.module_utils.urls import open_url
+try:
+    from ansible.module_utils.urls import ConnectionError as UrlsConnectionError
+    from ansible.module_utils.urls import open_url
+except ImportError:  # on the host, for the reaper's timer: the standard library only
+    import urllib.request
+
+    class UrlsConnectionError(Exception):
+        """Stands in for Ansible's urls.ConnectionError, which the standard library never raises."""
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        """Refuse redirects: urllib then raises HTTPError with the 3xx status."""
+
+        def redirect_request(self, req, fp, code, msg, headers, newurl):
+            return None
+
+    def open_url(url, data=None, headers=None, method=None, timeout=10, follow_redirects="none"):
+        """The subset of Ansible's open_url this client uses (never following redirects)."""
+        request = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
+        return urllib.request.build_opener(NoRedirect).open(request, timeout=timeout)
 
 KEY_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 

@@ -19,18 +19,14 @@ fakes; the module wires it to systemctl, /proc and HTTP.
 
 from __future__ import annotations
 
-import datetime
-import fcntl
 import http.client
-import json
-import os
 import re
-import socket
 import time
 import urllib.error
 
 from ansible.module_utils.urls import ConnectionError as UrlsConnectionError
 from ansible.module_utils.urls import open_url
+from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_files import iso
 
 METRIC_RE = re.compile(r"^(livekit_room_total|livekit_participant_total)(?:\{[^}]*\})?\s+(\S+)")
 
@@ -171,51 +167,6 @@ def running_version(run, pid):
     rc, out, _err = run(["/proc/%d/exe" % pid, "--version"])
     match = re.search(r"version (\S+)", out or "")
     return match.group(1) if rc == 0 and match else None
-
-
-def iso(ts):
-    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-# The audit log keeps at most AUDIT_MAX_BYTES in audit.jsonl plus one rotated file, audit.jsonl.1:
-# a line that would take audit.jsonl past the cap first renames it to audit.jsonl.1 (replacing the
-# previous one), so the log never holds more than about twice the cap, and the newest events are
-# always in audit.jsonl.
-AUDIT_MAX_BYTES = 1024 * 1024
-
-
-def append_audit(path, event, max_bytes=AUDIT_MAX_BYTES, **fields):
-    """Append one JSON line to the audit log (created 0640 root), rotating it at ``max_bytes``
-    (one rotated file, ``<path>.1``). Writers hold an exclusive lock on the file while they check
-    its size, rotate and write, so two writers never rotate the same file twice. Each line is
-    written as it happens (a drain's events appear while the drain is still under way). Never
-    pass secrets here."""
-    if not path:
-        return
-    record = {"time": iso(time.time()), "host": socket.gethostname(), "event": event}
-    record.update(fields)  # an event's own time, when it carries one, wins
-    line = (json.dumps(record, sort_keys=True) + "\n").encode()
-    directory = os.path.dirname(path)
-    if directory and not os.path.isdir(directory):
-        os.makedirs(directory, 0o750)
-    while True:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                current = os.stat(path)
-            except FileNotFoundError:
-                current = None
-            if current is None or current.st_ino != os.fstat(fd).st_ino:
-                continue  # another writer rotated it while we waited for the lock: open the new one
-            size = os.fstat(fd).st_size
-            if size > 0 and size + len(line) > max_bytes:
-                os.rename(path, path + ".1")
-                continue  # write to a fresh file
-            os.write(fd, line)
-            return
-        finally:
-            os.close(fd)
 
 
 class DrainRestart:
@@ -418,17 +369,3 @@ class DrainRestart:
             raise RestartError("livekit-server came back as version %s, not the expected %s"
                                % (result["new_version"], expected_version), result)
         return result
-
-
-def parse_list_nodes(text):
-    """Nodes from ``livekit-server list-nodes``: each table row pair gives id, ip, state, rooms, clients."""
-    nodes = []
-    rows = [line for line in text.splitlines() if line.startswith("\u2502")]
-    for first, second in zip(rows, rows[1:]):
-        cells = [cell.strip() for cell in first.strip("\u2502").split("\u2502")]
-        state = [cell.strip() for cell in second.strip("\u2502").split("\u2502")]
-        if not cells or not cells[0].startswith("ND_"):
-            continue
-        nodes.append(dict(id=cells[0], ip=cells[1], region=cells[2], rooms=int(cells[6] or 0),
-                          clients=int(cells[7] or 0), state=state[0].strip("()")))
-    return nodes

@@ -134,7 +134,7 @@ from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_keys im
     write_key_file,
     write_metadata,
 )
-from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_node import append_audit
+from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_files import append_audit
 
 
 def main():

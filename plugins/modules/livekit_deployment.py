@@ -126,7 +126,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_files import atomic_write, read_json
-from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_node import append_audit, iso
+from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_files import append_audit, iso
 
 VERSION_RE = re.compile(r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$")
 

@@ -137,7 +137,8 @@ from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_api imp
     api_argument_spec,
     client_from_params,
 )
-from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_node import parse_list_nodes, running_version
+from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_node import running_version
+from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_metrics import parse_list_nodes
 
 
 def binary_version(module, binary):

@@ -225,11 +225,11 @@ from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_node im
     DrainRestart,
     RestartError,
     Systemd,
-    append_audit,
     read_health,
     read_load,
     running_version,
 )
+from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_files import append_audit
 
 
 def main():

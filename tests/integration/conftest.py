@@ -315,7 +315,7 @@ CLUSTER_REDIS_SOCKET = "/run/redis/redis-server.sock"
 def cluster_nodes(node: Node) -> list[dict]:
     """The cluster's node table as livekit-server list-nodes prints it on ``node``."""
     sys.path.insert(0, str(REPO / ".cache" / "collections"))
-    from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_node import parse_list_nodes  # pylint: disable=import-outside-toplevel
+    from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_metrics import parse_list_nodes  # pylint: disable=import-outside-toplevel
     out = node.sh("/opt/livekit/current/livekit-server list-nodes --config /etc/livekit/livekit.yaml 2>/dev/null").stdout
     return parse_list_nodes(out)
 

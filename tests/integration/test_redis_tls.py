@@ -15,7 +15,7 @@ import time
 from conftest import REPO, Node, wait_until
 
 sys.path.insert(0, str(REPO / ".cache" / "collections"))
-from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_node import parse_list_nodes  # noqa: E402
+from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_metrics import parse_list_nodes  # noqa: E402
 
 SOCKET = "/run/redis/redis-server.sock"
 NODE_CA = "/etc/livekit/tls/redis-ca.crt"

@@ -11,11 +11,11 @@ import pytest
 from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_node import (
     DrainRestart,
     RestartError,
-    append_audit,
     parse_metrics,
     parse_timespan,
     read_load,
 )
+from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_files import append_audit
 
 
 class FakeNode:
@@ -268,7 +268,7 @@ def test_list_nodes_table_is_read():
     """list-nodes.txt is the real output of livekit-server 1.13.5 list-nodes on a test host."""
     from pathlib import Path
 
-    from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_node import parse_list_nodes
+    from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_metrics import parse_list_nodes
 
     nodes = parse_list_nodes((Path(__file__).parent / "list-nodes.txt").read_text())
     assert len(nodes) == 1

@@ -45,7 +45,7 @@ def note(step: str, **fields) -> dict:
 def sh(command: str, check: bool = True, stdin: str | None = None, env: dict | None = None) -> str:
     extra = [arg for name in (env or {}) for arg in ("-e", name)]
     result = subprocess.run(["podman", "exec", "-i", *extra, HOST, "sh", "-c", command], input=stdin,
-                            capture_output=True, text=True, timeout=180, env=dict(os.environ, **(env or {})))
+                            capture_output=True, text=True, timeout=180, env=dict(os.environ, **(env or {})), check=False)
     if check and result.returncode != 0:
         raise RuntimeError(f"{command!r} failed: {result.stdout}{result.stderr}")
     return result.stdout
@@ -283,7 +283,9 @@ def main() -> int:
     # 4. Drain blue (the role's ExecStop: first SIGTERM, wait for the room to empty).
     sh("systemctl stop --no-block livekit-server")
     drained = wait(lambda: any(n["state"] == "SHUTTING_DOWN" for n in nodes()), 15)
-    note("blue draining", seen=bool(drained), blue_outgoing_bytes=gauge(BLUE, 'livekit_packet_bytes{country="",direction="outgoing"'), nodes=[dict(n, colour=colour_of(n["id"], ids)) for n in nodes()],
+    note("blue draining", seen=bool(drained),
+         blue_outgoing_bytes=gauge(BLUE, 'livekit_packet_bytes{country="",direction="outgoing"'),
+         nodes=[dict(n, colour=colour_of(n["id"], ids)) for n in nodes()],
          blue_health=healthy(BLUE), unit=sh("systemctl show -p ActiveState --value livekit-server").strip())
 
     # 5. nginx still points at blue: a new room through the proxy (blue relays to green over Redis).
@@ -354,8 +356,9 @@ def main() -> int:
             name = f"{hook['event']} {hook['room']} {hook['participant'] or ''} {hook.get('track') or ''}".strip()
             counts[name] = counts.get(name, 0) + 1
     note("webhooks per event (room/participant)", counts=counts, duplicates={k: v for k, v in counts.items() if v > 1})
-    note("blue journal (drain)", log=[line for line in sh("journalctl -u livekit-server --no-pager -o cat -n 400", check=False).splitlines()
-                                     if re.search(r"exit requested|waiting for participants|stopping|shutting|drain", line, re.I)][-8:])
+    journal = sh("journalctl -u livekit-server --no-pager -o cat -n 400", check=False).splitlines()
+    note("blue journal (drain)", log=[line for line in journal
+                                      if re.search(r"exit requested|waiting for participants|stopping|shutting|drain", line, re.I)][-8:])
     (STATE / "results.json").write_text(json.dumps(RESULTS, indent=1))
     return 0
 

@@ -48,7 +48,7 @@ def test_panels_are_distinct_and_described():
 
 
 def test_what_the_issue_asks_to_see_is_on_it():
-    exprs = " ".join(target["expr"] for _, target in targets())
+    exprs = " ".join(target["expr"] for panel, target in targets())
     for name in ("livekit_room_total", "livekit_participant_total", "livekit_track_published_total",
                  "livekit_session_join_latency_ms_bucket", "livekit_participant_join_total",
                  "livekit_packet_loss_percent_sum", "livekit_jitter_us_bucket", "livekit_rtt_ms_bucket",

@@ -17,7 +17,7 @@ import subprocess
 
 import pytest
 
-from test_rules import RULES, promtool
+from test_rules import TEMPLATE, promtool
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
 PROBE_FILE = REPO / "roles" / "livekit_join_probe" / "files" / "livekit_join_probe.py"
@@ -65,7 +65,7 @@ def test_textfile_is_valid_and_has_the_series_the_rules_read(tmp_path: pathlib.P
     assert oct(path.stat().st_mode & 0o777) == "0o644"
     assert not [p for p in tmp_path.iterdir() if p.name != path.name], "a temporary file was left behind"
     written = set(re.findall(r"^(livekit_probe_[a-z_]+)\{", text, re.M))
-    read = set(re.findall(r"\b(livekit_probe_[a-z_]+)\b", RULES.read_text()))
+    read = set(re.findall(r"\b(livekit_probe_[a-z_]+)\b", TEMPLATE.read_text()))
     assert read <= written, read - written
     assert set(probe.FAILURES) == {"none", "dns", "tls", "auth", "timeout", "no_media", "error"}
 

@@ -196,6 +196,19 @@ class Reaper:
         result["changed"] = bool(result["closed"] or result["would_close"])
         return result
 
+    @staticmethod
+    def _call(result, entry, call, *args):
+        """(True, what call returned), or (False, None) with the failure recorded in result["errors"]
+        (a room already gone, not_found, is no error: someone else closed it)."""
+        try:
+            return True, call(*args)
+        except LiveKitAPIError as err:
+            if err.code != "not_found":
+                result["errors"].append(dict(entry, error=str(err)))
+        except Exception as err:
+            result["errors"].append(dict(entry, error=str(err)))
+        return False, None
+
     def close(self, room, entry, last_active, result, reported=None):
         """Look again, then close the room (or, in a dry run, say it would be closed). True when it was
         closed (or would be). One audit line per room: a dry run that already reported this room
@@ -203,28 +216,16 @@ class Reaper:
         name = entry["room"]
         if not self.dry_run:
             # Someone may have joined or published since the first look: judge the fresh list.
-            try:
-                participants = self.client.list_participants(name)
-            except LiveKitAPIError as err:
-                if err.code != "not_found":
-                    result["errors"].append(dict(entry, error=str(err)))
-                return False
-            except Exception as err:
-                result["errors"].append(dict(entry, error=str(err)))
+            ok, participants = self._call(result, entry, self.client.list_participants, name)
+            if not ok:
                 return False
             action, reason, dummy = judge(room, participants, last_active, int(self.clock()), self.threshold)
             if action != "close":
                 result["kept"].append(dict(entry, reason=reason, participants=len(participants),
                                            identities=identities(participants)))
                 return False
-            try:
-                self.client.delete_room(name)
-            except LiveKitAPIError as err:
-                if err.code != "not_found":
-                    result["errors"].append(dict(entry, error=str(err)))
-                return False
-            except Exception as err:
-                result["errors"].append(dict(entry, error=str(err)))
+            ok, dummy = self._call(result, entry, self.client.delete_room, name)
+            if not ok:
                 return False
         event = EVENT_WOULD_CLOSE if self.dry_run else EVENT_CLOSED
         result["would_close" if self.dry_run else "closed"].append(entry)

@@ -179,3 +179,22 @@ def test_a_list_nodes_that_prints_no_table_is_an_error(tmp_path):
     (tmp_path / "table.txt").write_text(table)
     fake.write_text("#!/bin/sh\ncat %s\n" % (tmp_path / "table.txt"))
     assert read_node_state([str(fake)], "10.89.0.3") == ("SERVING", None)
+
+
+def test_a_room_gone_meanwhile_is_no_error_and_a_failing_server_is_reported(server, tmp_path):
+    """Between the two looks someone else closed the room (not_found: nothing to report); a server
+    that fails the delete is reported with the room, and the room is not counted as closed."""
+    def gone(name):
+        raise LiveKitAPIError(404, "not_found", "room not found")
+
+    server.delete_room = gone
+    result = reaper(server, tmp_path, dry_run=False).run()
+    assert result["closed"] == [] and result["errors"] == []
+
+    def refuse(name):
+        raise LiveKitAPIError(503, "unavailable", "try later")
+
+    server.delete_room = refuse
+    result = reaper(server, tmp_path, dry_run=False).run()
+    assert result["closed"] == []
+    assert [(e["room"], "try later" in e["error"]) for e in result["errors"]] == [("recorder-left", True)]

@@ -37,10 +37,7 @@ bench_host "$name" &
 bench_host "$prom" &
 wait
 log "converging $name (livekit, redis) and $prom (monitoring) with site.yml"
-start=$SECONDS
-ansible-playbook -i "$state/inventory" playbooks/site.yml >"$state/converge.log" 2>&1 \
-  || { tail -40 "$state/converge.log"; die "converge failed"; }
-log "converged in $((SECONDS - start)) s"
+bench_converge
 
 podman exec -i "$prom" sh -c 'cat >/usr/local/bin/lkt-bench-receiver.py' <<'PY'
 """The on-call stand-in: appends each POST body (Alertmanager's webhook JSON) to a file, one line

@@ -88,10 +88,7 @@ converge() {
   make_certificate
   write_inventory
   log "converging $name with playbooks/site.yml (proxy in sni mode)"
-  local start=$SECONDS
-  ansible-playbook -i "$state/inventory" playbooks/site.yml >"$state/converge.log" 2>&1 \
-    || { tail -40 "$state/converge.log"; die "converge failed"; }
-  log "converged in $((SECONDS - start)) s"
+  bench_converge
 }
 
 case ${1:-all} in

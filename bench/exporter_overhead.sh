@@ -29,8 +29,5 @@ livekit_server_prometheus_sources: ["{{ ansible_facts['default_ipv4']['gateway']
 YAML
 bench_host
 log "converging $name (livekit, redis, exporters) with site.yml"
-start=$SECONDS
-ansible-playbook -i "$state/inventory" playbooks/site.yml >"$state/converge.log" 2>&1 \
-  || { tail -40 "$state/converge.log"; die "converge failed"; }
-log "converged in $((SECONDS - start)) s"
+bench_converge
 python bench/exporter_overhead.py "$name" "$(bench_address)" "$pairs" "$window" "$participants"

@@ -43,3 +43,10 @@ bench_host() {  # a fresh systemd test host named HOST (default: $name)
 bench_address() {  # the test-network address of HOST (default: $name)
   podman inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "${1:-$name}"
 }
+
+bench_converge() {  # run site.yml on the bench inventory; its log in $state/converge.log, its time printed
+  local start=$SECONDS
+  ansible-playbook -i "$state/inventory" playbooks/site.yml >"$state/converge.log" 2>&1 \
+    || { tail -40 "$state/converge.log"; die "converge failed"; }
+  log "converged in $((SECONDS - start)) s"
+}

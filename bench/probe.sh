@@ -18,7 +18,6 @@ livekit_server_api_keys: >-
 YAML
 bench_host
 log "converging $name with site.yml"
-ansible-playbook -i "$state/inventory" playbooks/site.yml >"$state/converge.log" 2>&1 \
-  || { tail -40 "$state/converge.log"; die "site.yml failed"; }
+bench_converge
 ip=$(podman inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$name")
 python bench/probe.py "$name" "$ip" "turn.$name.test" "$state/ca/ca.crt" "$runs" "$state"

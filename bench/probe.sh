@@ -19,5 +19,5 @@ YAML
 bench_host
 log "converging $name with site.yml"
 bench_converge
-ip=$(podman inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$name")
+ip=$(bench_address)
 python bench/probe.py "$name" "$ip" "turn.$name.test" "$state/ca/ca.crt" "$runs" "$state"

@@ -92,9 +92,13 @@ def test_reaper_closes_only_the_idle_room_and_its_dry_run_changes_nothing(
     joined = time.monotonic()
     lonely, speaker, listener, agent = people
 
-    # Before the threshold nothing is even a candidate.
+    # Before the threshold nothing is even a candidate, for the timer and for the playbook as a user
+    # first runs it (no -e: the role's dry-run default, which the play itself does not see).
     reap_now(node)
     assert audit_lines(node, idle) == []
+    first = run_playbook("reap_idle_rooms.yml", "--limit", node.name)
+    assert first.returncode == 0, first.stdout[-3000:]
+    assert "Would close: []" in first.stdout, first.stdout[-3000:]
 
     time.sleep(max(0.0, THRESHOLD + 5 - (time.monotonic() - joined)))
 

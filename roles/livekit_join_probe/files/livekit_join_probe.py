@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import hashlib
-import hmac
 import json
 import math
 import os
@@ -32,11 +29,15 @@ import socket
 import ssl
 import struct
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+
+# The collection's module_utils the role installs next to this file (livekit_api, livekit_files).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import livekit_api  # noqa: E402
+import livekit_files  # noqa: E402
 
 PATHS = ("direct", "relay_tls")
 FAILURES = ("none", "dns", "tls", "auth", "timeout", "no_media", "error")
@@ -54,24 +55,13 @@ class ProbeFailure(Exception):
         self.detail = detail
 
 
-# ---- tokens: HS256 JWT, as LiveKit's SDKs make them ---------------------------------------------
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
+# ---- tokens: the collection's HS256 JWTs (livekit_api.make_token) -------------------------------
 def make_token(key: str, secret: str, identity: str, room: str, ttl: int, publish: bool) -> str:
     """A join token for one room only: publish (publisher) or subscribe (receiver), never both,
     no data messages, no admin grants, valid for ttl seconds."""
-    now = int(time.time())
-    claims = {
-        "iss": key, "sub": identity, "name": identity, "nbf": now - 5, "exp": now + ttl,
-        "video": {"roomJoin": True, "room": room, "canPublish": publish, "canSubscribe": not publish,
-                  "canPublishData": False},
-    }
-    header = b64url(json.dumps({"alg": "HS256", "typ": "JWT"}, separators=(",", ":")).encode())
-    body = b64url(json.dumps(claims, separators=(",", ":")).encode())
-    signature = hmac.new(secret.encode(), f"{header}.{body}".encode(), hashlib.sha256).digest()
-    return f"{header}.{body}.{b64url(signature)}"
+    grants = {"roomJoin": True, "room": room, "canPublish": publish, "canSubscribe": not publish,
+              "canPublishData": False}
+    return livekit_api.make_token(key, secret, grants, identity=identity, ttl=ttl)
 
 
 # ---- network steps, each failing with its own label ---------------------------------------------
@@ -343,18 +333,8 @@ def render(results: list[dict], finished: dict[str, float]) -> str:
 
 
 def write_atomically(path: str, text: str) -> None:
-    """Write a temporary file next to path and rename it: node-exporter never reads half a file."""
-    directory = os.path.dirname(path) or "."
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".livekit_join_probe.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as out:
-            out.write(text)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    """node-exporter never reads half a file (the collection's livekit_files.atomic_write)."""
+    livekit_files.atomic_write(path, text.encode(), 0o644)
 
 
 def read_secret(path: str | None) -> str:

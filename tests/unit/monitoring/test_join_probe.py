@@ -14,6 +14,7 @@ import pathlib
 import re
 import socket
 import subprocess
+import sys
 
 import pytest
 
@@ -21,6 +22,8 @@ from test_rules import TEMPLATE, promtool
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
 PROBE_FILE = REPO / "roles" / "livekit_join_probe" / "files" / "livekit_join_probe.py"
+# On the host the role installs livekit_api.py and livekit_files.py next to the probe.
+sys.path.insert(0, str(REPO / "plugins" / "module_utils"))
 SPEC = importlib.util.spec_from_file_location("livekit_join_probe", PROBE_FILE)
 probe = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(probe)

@@ -171,8 +171,8 @@ class Swap:
             if not taken:
                 result["target"] = name
                 break
-            blocked.append("slot %s: port%s %s already in use" % (name, "s" if len(taken) > 1 else "",
-                                                                   ", ".join(str(p) for p in taken)))
+            plural = "s" if len(taken) > 1 else ""
+            blocked.append("slot %s: port%s %s already in use" % (name, plural, ", ".join(str(p) for p in taken)))
         if result["target"] is None:
             raise SwapError("no free slot can start: %s. Find the listener with ss -ltnup and stop it, or give "
                             "livekit_server_slots other ports" % "; ".join(blocked), result)

@@ -144,7 +144,6 @@ ansible_facts:
 """
 
 import json
-import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_api import parse_key_file

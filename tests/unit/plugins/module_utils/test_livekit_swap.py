@@ -66,7 +66,7 @@ class FakeHost:
             metrics=lambda port: 'livekit_node_info{node_id="%s"} 1' % self.units[self.port_unit(port)].get("node_id", "")
             if self.units[self.port_unit(port)]["ActiveState"] != "inactive" else None,
             participants=lambda port: 2, list_nodes=lambda slot: [dict(n) for n in self.nodes],
-            version=lambda pid: self.versions.get(pid), rss_mb=lambda pid: 64.0, mem_available_mb=lambda: self.mem,
+            version=self.versions.get, rss_mb=lambda pid: 64.0, mem_available_mb=lambda: self.mem,
             free_fds=lambda: 10 ** 6, listening=lambda: self.taken, key_names=lambda: list(self.keys),
             check_keys=lambda port: [(k, "401 unauthorized") for k in self.refused_keys],
             proxy_write=lambda slot: self.calls.append(("nginx_write", slot)), proxy_test=lambda: self.proxy_test_error,
@@ -125,7 +125,7 @@ def test_the_new_instance_serves_before_the_old_one_drains():
     assert fake.record_data["slots"]["a"]["state"] == "draining"
     assert fake.record_data["slots"]["b"] == dict(fake.record_data["slots"]["b"], state="live", version="1.13.5",
                                                   key_names=["APIold"])
-    assert [e for e, _ in fake.events] == ["drain_began", "swap"]
+    assert [event[0] for event in fake.events] == ["drain_began", "swap"]
 
 
 def test_a_rollback_while_one_slot_drains_takes_the_third():

@@ -17,7 +17,9 @@ after the stand-in's own: method, path, body) and ``seed`` (POST a server create
 
 from __future__ import annotations
 
+import base64
 import copy
+import hashlib
 import itertools
 import json
 import re
@@ -181,7 +183,10 @@ class Cloud:
         base = {"id": rid, "name": name, "labels": body.get("labels") or {}, "created": CREATED}
         result = {}
         if collection == "ssh_keys":
-            base.update(public_key=body["public_key"], fingerprint="00:11:%02x" % (rid % 256))
+            blob = base64.b64decode(body["public_key"].split()[1])
+            digest = hashlib.md5(blob).hexdigest()  # noqa: S324 - the fingerprint format Hetzner reports
+            base.update(public_key=body["public_key"],
+                        fingerprint=":".join(digest[i:i + 2] for i in range(0, len(digest), 2)))
             result = {"ssh_key": base}
         elif collection == "placement_groups":
             base.update(type=body.get("type", "spread"), servers=[])
@@ -335,6 +340,12 @@ class Cloud:
         if collection == "floating_ips" and command == "change_dns_ptr":
             item["dns_ptr"] = [{"ip": body["ip"], "dns_ptr": body["dns_ptr"]}]
             return {"action": self.action("change_dns_ptr", [ref])}
+        if collection == "floating_ips" and command == "unassign":
+            server = self.data["servers"].get(item["server"])
+            if server:
+                server["public_net"]["floating_ips"].remove(item["id"])
+            item["server"] = None
+            return {"action": self.action("unassign_floating_ip", [ref])}
         if collection == "floating_ips" and command == "assign":
             server = self.find("servers", body["server"])
             item["server"] = server["id"]
@@ -350,7 +361,10 @@ class Cloud:
         if collection == "load_balancers" and command == "add_service":
             service = {"protocol": body["protocol"], "listen_port": body["listen_port"],
                        "destination_port": body["destination_port"], "proxyprotocol": body.get("proxyprotocol", False),
-                       "health_check": body.get("health_check"), "http": body.get("http")}
+                       "health_check": body.get("health_check") or {"protocol": "tcp", "port": body["destination_port"],
+                                                                    "interval": 15, "timeout": 10, "retries": 3,
+                                                                    "http": None},
+                       "http": body.get("http")}
             item["services"].append(service)
             return {"action": self.action("add_service", [ref])}
         if collection == "load_balancers" and command == "add_target":

@@ -15,7 +15,7 @@ RULESETS = [
     {"name": "livekit", "rules": [{"proto": "udp", "port": "50000-60000", "comment": "livekit media"},
                                   {"proto": "tcp", "port": "6789", "sources": ["2001:db8:5::/64"], "comment": "livekit metrics"}]},
 ]
-RETURN = [{"name": "tcp answers", "ip_version": "ipv4", "protocol": "tcp", "dst_port": "32768-65535", "tcp_flags": "ack",
+ANSWERS = [{"name": "tcp answers", "ip_version": "ipv4", "protocol": "tcp", "dst_port": "32768-65535", "tcp_flags": "ack",
            "action": "accept"}]
 
 
@@ -30,8 +30,8 @@ def test_cloud_rules_carry_the_sources_as_the_host_reads_them_and_icmp():
 
 
 def test_robot_rules_put_the_answers_first_and_leave_ipv6_only_rules_to_the_host():
-    rules = hrobot_firewall_rules(RULESETS, RETURN)
-    assert rules[0] == RETURN[0]
+    rules = hrobot_firewall_rules(RULESETS, ANSWERS)
+    assert rules[0] == ANSWERS[0]
     assert rules[1] == {"name": "host ssh", "ip_version": "ipv4", "protocol": "tcp", "dst_port": "22",
                         "src_ip": "198.51.100.7/32", "action": "accept"}
     assert rules[2] == {"name": "livekit livekit media", "ip_version": "ipv4", "protocol": "udp",

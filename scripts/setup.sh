@@ -3,7 +3,7 @@
 # packages, the controller venv, the real livekit-server built from source, MinIO, and the systemd
 # test host images. Every step is cached and safe to re-run; independent steps run side by side.
 # Usage: scripts/setup.sh [--no-images] [--defer-extra-builds] [NEED...]
-#   NEED: lab, or test stages (lint sanity unit bad_input tls default monitoring backup cluster); default: all
+#   NEED: lab, or test stages (lint sanity unit provision bad_input tls default monitoring backup cluster); default: all
 #   stages. Only what the named needs use is built: the lab needs no MinIO and no older release.
 #   --defer-extra-builds skips those two (tls, backup and cluster need them): scripts/test.sh builds them
 #   while the earlier stages run.
@@ -16,7 +16,7 @@ for arg in "$@"; do
   case $arg in
     --no-images) images=0 ;;
     --defer-extra-builds) extra_builds=0 ;;
-    lab|lint|sanity|unit|bad_input|tls|default|monitoring|mondev|backup|cluster) needs+=("$arg") ;;
+    lab|lint|sanity|unit|provision|bad_input|tls|default|monitoring|mondev|backup|cluster) needs+=("$arg") ;;
     *) die "unknown argument $arg (--no-images, lab, or a test stage)" ;;
   esac
 done

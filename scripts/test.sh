@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # The whole test suite: lint, sanity, unit tests, then molecule scenarios on real test hosts,
 # cheapest first so the quick failures show up early. Installs what it needs (scripts/setup.sh).
-# Usage: scripts/test.sh [stage...]   stages: lint sanity unit bad_input default monitoring tls backup cluster  (default: all)
+# Usage: scripts/test.sh [stage...]   stages: lint sanity unit provision bad_input default monitoring tls backup cluster  (default: all)
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(lint sanity unit bad_input default monitoring tls backup cluster)
+[ ${#stages[@]} -gt 0 ] || stages=(lint sanity unit provision bad_input default monitoring tls backup cluster)
 
 # The older release and MinIO (only tls, backup and cluster use them) build while the stages before
 # those run; their two Go builds would otherwise add minutes to a fresh machine's run.
 late_setup_pid=
-if [[ " ${stages[*]} " =~ \ (tls|backup|cluster)\  ]] && [[ " ${stages[*]} " =~ \ (lint|sanity|unit|bad_input|default|monitoring)\  ]]; then
+if [[ " ${stages[*]} " =~ \ (tls|backup|cluster)\  ]] && [[ " ${stages[*]} " =~ \ (lint|sanity|unit|provision|bad_input|default|monitoring)\  ]]; then
   bash scripts/setup.sh --defer-extra-builds "${stages[@]}"
   late_setup_log=$(mktemp "${TMPDIR:-/tmp}/lkt-setup-late.XXXXXX")
   bash scripts/setup.sh --no-images "${stages[@]}" >"$late_setup_log" 2>&1 &
@@ -111,6 +111,12 @@ stage_unit() {
   PROMTOOL=$PROMTOOL PYTHONPATH=$REPO_ROOT/.cache/collections python -m pytest -p no:cacheprovider -q tests/unit
 }
 
+stage_provision() {
+  # playbooks/provision_hetzner.yml and inventories/hcloud against tests/standin/hcloud_api.py, a local
+  # stand-in for the Hetzner Cloud API on loopback (no cloud account, no containers).
+  python -m pytest -p no:cacheprovider -q tests/provisioning
+}
+
 stage_molecule() {
   local scenario=$1
   MOLECULE_EPHEMERAL_DIRECTORY=$LKT_STATE_DIR/molecule-$scenario molecule test -s "$scenario"
@@ -121,9 +127,10 @@ for stage in "${stages[@]}"; do
     lint) run_stage lint stage_lint ;;
     sanity) run_stage sanity stage_sanity ;;
     unit) run_stage unit stage_unit ;;
+    provision) run_stage provision stage_provision ;;
     tls|backup|cluster) late_setup; run_stage "molecule:$stage" bash -c "$(declare -f stage_molecule); stage_molecule $stage" ;;
     bad_input|default|monitoring|mondev) run_stage "molecule:$stage" bash -c "$(declare -f stage_molecule); stage_molecule $stage" ;;
-    *) die "unknown stage $stage (lint sanity unit bad_input default monitoring tls backup cluster)" ;;
+    *) die "unknown stage $stage (lint sanity unit provision bad_input default monitoring tls backup cluster)" ;;
   esac
 done
 

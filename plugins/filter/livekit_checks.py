@@ -52,6 +52,27 @@ def invalid_networks(values):
     return out
 
 
+def outside_network(values, network):
+    """The entries of ``values`` (addresses or networks) that do not lie inside ``network``; entries
+    that are not addresses at all count as outside."""
+    try:
+        outer = ipaddress.ip_network(str(network).strip(), strict=False)
+    except ValueError:
+        raise AnsibleFilterError("outside_network: %r is not a CIDR network" % (network,))
+    if isinstance(values, (str, bytes)):
+        values = [values]
+    out = []
+    for value in _as_list(values, "outside_network"):
+        try:
+            inner = ipaddress.ip_network(str(value).strip(), strict=False)
+        except ValueError:
+            out.append(str(value))
+            continue
+        if inner.version != outer.version or not inner.subnet_of(outer):
+            out.append(str(value))
+    return out
+
+
 def firewall_rule_problems(rules):
     """One message per firewall rule the livekit_firewall module would refuse, naming the rule by its
     position (from 0) and saying what is wrong; an empty list when every rule is fine."""
@@ -125,6 +146,7 @@ class FilterModule(object):
             "invalid_addresses": invalid_addresses,
             "invalid_networks": invalid_networks,
             "firewall_rule_problems": firewall_rule_problems,
+            "outside_network": outside_network,
             "ssh_public_key": ssh_public_key,
             "pattern_problems": pattern_problems,
         }

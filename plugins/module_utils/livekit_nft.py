@@ -54,15 +54,14 @@ def _sources(rule, where):
     return v4, v6
 
 
-def render_rules(name, rules):
-    """nft statements that add ``rules`` to our input chain, one ``add rule`` line per address family.
-
-    Each rule is a dict: proto (tcp|udp), port ("N" or "N-M"), sources (IPs or CIDRs; empty or
-    missing = from anywhere), comment. Everything is validated, so nothing from the inventory can
-    add a statement of its own.
+def rule_parts(name, rules):
+    """``rules`` checked and normalised, one dict per rule: proto, port, comment, and the sources as
+    ``v4`` and ``v6`` lists of networks (``10.0.0.5`` becomes ``10.0.0.5/32``; empty both = from
+    anywhere). render_rules turns these into nft statements; a provider's firewall (Hetzner Cloud,
+    Robot) is built from the same parts, so the two cannot read a rule differently.
     """
     check_name(name)
-    lines = []
+    parts = []
     for index, rule in enumerate(rules or []):
         where = "%s rule %d (%s)" % (name, index, rule.get("comment") or rule.get("port"))
         proto = rule.get("proto")
@@ -73,14 +72,27 @@ def render_rules(name, rules):
         if not _COMMENT.match(comment):
             raise RuleError("%s: comment must be at most 128 characters without quotes, backslashes or newlines" % where)
         v4, v6 = _sources(rule, where)
-        tail = '%s dport %s accept comment "%s"' % (proto, port, comment)
-        prefix = "add rule inet %s input " % TABLE
-        if not v4 and not v6:
+        parts.append({"proto": proto, "port": port, "comment": comment, "v4": v4, "v6": v6})
+    return parts
+
+
+def render_rules(name, rules):
+    """nft statements that add ``rules`` to our input chain, one ``add rule`` line per address family.
+
+    Each rule is a dict: proto (tcp|udp), port ("N" or "N-M"), sources (IPs or CIDRs; empty or
+    missing = from anywhere), comment. Everything is validated, so nothing from the inventory can
+    add a statement of its own.
+    """
+    lines = []
+    prefix = "add rule inet %s input " % TABLE
+    for part in rule_parts(name, rules):
+        tail = '%s dport %s accept comment "%s"' % (part["proto"], part["port"], part["comment"])
+        if not part["v4"] and not part["v6"]:
             lines.append(prefix + tail)
-        if v4:
-            lines.append(prefix + "ip saddr { %s } %s" % (", ".join(v4), tail))
-        if v6:
-            lines.append(prefix + "ip6 saddr { %s } %s" % (", ".join(v6), tail))
+        if part["v4"]:
+            lines.append(prefix + "ip saddr { %s } %s" % (", ".join(part["v4"]), tail))
+        if part["v6"]:
+            lines.append(prefix + "ip6 saddr { %s } %s" % (", ".join(part["v6"]), tail))
     return lines
 
 

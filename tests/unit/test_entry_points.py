@@ -36,7 +36,8 @@ def walk_tasks(node):
 
 def tasks_from_uses():
     """(role, entry point, vars passed, where) for every include_role/import_role with tasks_from."""
-    files = sorted((REPO / "playbooks").glob("*.yml")) + sorted((REPO / "roles").glob("*/tasks/*.yml")) \
+    files = sorted((REPO / "playbooks").glob("*.yml")) + sorted((REPO / "playbooks").glob("tasks/*.yml")) \
+        + sorted((REPO / "roles").glob("*/tasks/*.yml")) \
         + sorted((REPO / "roles").glob("*/handlers/*.yml"))
     for path in files:
         for task in walk_tasks(load(path) or []):

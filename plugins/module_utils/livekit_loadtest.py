@@ -353,10 +353,10 @@ def render_markdown(report):
         "| Largest load that stayed under the limits | %s participants, %s subscribed tracks%s |"
         % (_v(largest.get("participants")), _v(largest.get("tracks_subscribed")),
            "" if cap["limit_crossed"] else " (the limits were never crossed: the capacity is higher)"),
-        "| CPU there (host / livekit-server) | %s %% / %s %% |" % (_v(largest.get("cpu_host_percent")),
-                                                                  _v(largest.get("cpu_livekit_percent"))),
-        "| Limit crossed | %s |" % (("at %s participants: %s" % (cap["crossed_at_participants"], cap["limit_reason"]))
-                                  if cap["limit_crossed"] else "no"),
+        "| CPU there (host / livekit-server) | %s %% / %s %% |"
+        % (_v(largest.get("cpu_host_percent")), _v(largest.get("cpu_livekit_percent"))),
+        "| Limit crossed | %s |"
+        % (("at %s participants: %s" % (cap["crossed_at_participants"], cap["limit_reason"])) if cap["limit_crossed"] else "no"),
         "| Participants at %s %% CPU (extrapolated) | %s |" % (fmt_num(limits["cpu_percent"]), _v(cap["participants_at_cpu_limit"])),
         "| **Participants per core** (extrapolated, this shape) | **%s** |" % _v(cap["participants_per_core"]),
         "| Subscribed tracks per core | %s |" % _v(cap["subscribed_tracks_per_core"]),

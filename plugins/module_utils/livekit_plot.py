@@ -149,7 +149,7 @@ def chart(panels, width=960, panel_height=170, title=""):
         # Grid and axes.
         step = nice_step(y_max, 4)
         tick = 0.0
-        for _ in range(12):
+        for _tick in range(12):
             if tick > y_max + 1e-9:
                 break
             y = y1 - int((tick / y_max) * (y1 - y0))
@@ -159,7 +159,7 @@ def chart(panels, width=960, panel_height=170, title=""):
             tick += step
         x_step = nice_step(x_max, 10)
         tick = 0.0
-        for _ in range(24):
+        for _tick in range(24):
             if tick > x_max + 1e-9:
                 break
             x = left + int(tick / x_max * plot_w)
@@ -196,7 +196,7 @@ def read_png(data):
     if data[:8] != b"\x89PNG\r\n\x1a\n":
         raise ValueError("no PNG signature")
     pos, idat, header = 8, b"", None
-    for _ in range(100000):
+    for _chunk in range(100000):
         if pos + 8 > len(data):
             raise ValueError("truncated chunk")
         length, kind = struct.unpack("!I4s", data[pos:pos + 8])

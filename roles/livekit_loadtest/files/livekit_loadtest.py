@@ -107,9 +107,8 @@ class Generator:
         options = rtc.RoomOptions(auto_subscribe=True, connect_timeout=c["join_timeout"])
         started = time.monotonic()
         try:
-            await asyncio.wait_for(room.connect(c["url"], token(c, self.secret, person["identity"], person["room"],
-                                                                  publisher), options=options),
-                                   timeout=c["join_timeout"])
+            grant = token(c, self.secret, person["identity"], person["room"], publisher)
+            await asyncio.wait_for(room.connect(c["url"], grant, options=options), timeout=c["join_timeout"])
             person["join_seconds"] = round(time.monotonic() - started, 3)
             person["joined"] = True
             self.rooms[person["identity"]] = room
@@ -255,9 +254,10 @@ class Generator:
             "url": c["url"], "started": round(started_wall, 3), "ended": round(ended_load, 3),
             "stop_reason": self.stop_reason, "cpus": os.cpu_count(), "load_average": list(os.getloadavg()),
             "generator_cpu_seconds": round(cpu_seconds(), 2),
-            "shape": dict({k: c[k] for k in ("publishers", "subscribers", "audio_only", "fps", "simulcast", "duration",
-                                              "ramp_up", "max_bitrate_kbps")},
-                          rooms=len(c["rooms"]), resolution="%dx%d" % (c["width"], c["height"])),
+            "shape": dict(
+                {k: c[k] for k in ("publishers", "subscribers", "audio_only", "fps", "simulcast", "duration", "ramp_up",
+                                   "max_bitrate_kbps")},
+                rooms=len(c["rooms"]), resolution="%dx%d" % (c["width"], c["height"])),
             "participants": self.people, "timeline": self.timeline,
         }
 

@@ -35,6 +35,10 @@ common() {  # the settings both shapes share (a JSON object's members)
 JSON
 }
 
+# The reports outlive the throwaway host: .cache/loadtest-bench/<shape>/ (bench/loadtest.py reads them).
+keep=$REPO_ROOT/.cache/loadtest-bench
+rm -rf "$keep" && mkdir -p "$keep"
+
 run_shape() {
   local shape=$1 vars=$state/$1.json start=$SECONDS
   case $shape in
@@ -45,13 +49,17 @@ run_shape() {
     *) die "unknown shape $shape (webinar, meeting)" ;;
   esac
   log "load test: $shape (load average before: $(cut -d' ' -f1-3 /proc/loadavg))"
-  ansible-playbook -i "$state/inventory" playbooks/loadtest.yml -e "@$vars" >"$state/$shape.log" 2>&1 \
-    || { tail -40 "$state/$shape.log"; die "loadtest.yml failed for $shape"; }
+  if ! ansible-playbook -i "$state/inventory" playbooks/loadtest.yml -e "@$vars" >"$state/$shape.log" 2>&1; then
+    tail -40 "$state/$shape.log"
+    log "loadtest.yml failed for $shape"
+    return 1
+  fi
   log "$shape done in $((SECONDS - start)) s (load average after: $(cut -d' ' -f1-3 /proc/loadavg))"
+  cp -r "$state/reports/$shape" "$keep/$shape"
   cp "$(ls -d "$state/reports/$shape"/*/ | head -1)report.png" "docs/loadtest-$shape.png"
 }
 
 for shape in "${shapes[@]}"; do
-  run_shape "$shape"
+  run_shape "$shape" || true
 done
-python bench/loadtest.py "$state/reports" "${shapes[@]}"
+python bench/loadtest.py "$keep" "${shapes[@]}"

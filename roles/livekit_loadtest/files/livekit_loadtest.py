@@ -286,9 +286,14 @@ def main(argv: list[str]) -> int:
         json.dump(result, handle)
     os.replace(tmp, args.out)
     joined = sum(1 for p in result["participants"] if p["joined"])
-    print(json.dumps({"joined": joined, "planned": len(result["participants"]), "stop_reason": result["stop_reason"]}))
+    print(json.dumps({"joined": joined, "planned": len(result["participants"]), "stop_reason": result["stop_reason"]}),
+          flush=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    # The result is written: leave without the SDK's teardown, which can abort the process (an FFI
+    # panic on a connect the run cancelled, seen on a saturated load host) after a complete run.
+    code = main(sys.argv[1:])
+    sys.stderr.flush()
+    os._exit(code)

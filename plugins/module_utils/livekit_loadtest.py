@@ -266,7 +266,8 @@ def build_report(gen, samples, limits, node_name):
         "stop_reason": gen.get("stop_reason"),
         "participants_planned": len(people),
         "participants_joined": sum(1 for p in people if p.get("joined")),
-        "join_failures": sum(1 for p in people if p.get("error")),
+        "join_failures": sum(1 for p in people if p.get("error") and not p["error"].startswith("cancelled")),
+        "joins_cancelled": sum(1 for p in people if (p.get("error") or "").startswith("cancelled")),
         "join_errors": sorted({p["error"] for p in people if p.get("error")})[:10],
         "join_seconds": {"median": pct(joins, 0.5), "p95": pct(joins, 0.95), "max": joins[-1] if joins else None},
         "server_join_latency_ms_max": max(latency) if latency else None,
@@ -334,8 +335,9 @@ def render_markdown(report):
            % (shape.get("resolution"), shape.get("fps"), ", simulcast" if shape.get("simulcast") else ""),
            shape.get("ramp_up"), shape.get("duration")),
         "- Ended: %s" % (report["stop_reason"] or "after the planned duration"),
-        "- Joined: %d of %d participants (%d join failures); join time median %s s, p95 %s s"
-        % (report["participants_joined"], report["participants_planned"], report["join_failures"],
+        "- Joined: %d of %d participants (%d join failures, %d not started or cut short by the end of the run); "
+        "join time median %s s, p95 %s s"
+        % (report["participants_joined"], report["participants_planned"], report["join_failures"], report["joins_cancelled"],
            _v(report["join_seconds"]["median"]), _v(report["join_seconds"]["p95"])),
         "- Node: %s CPU(s); CPU samples: %d; peak CPU %s %%; peak livekit-server RSS %s; peak loss %s %%"
         % (_v(cap["node_cpus"]), report["cpu_samples"], _v(report["cpu_max_percent"]), _mb(report["rss_max_bytes"]),

@@ -82,7 +82,7 @@ def test_report_files_and_figures(report) -> None:
     assert capacity["participants_per_core"] and capacity["participants_per_core"] > 0
     assert data["generator"]["generator_participants_per_core"] > 0
     markdown = (directory / "report.md").read_text()
-    assert "Participants per core" in markdown and "6 of 6 participants" in markdown
+    assert "Participants per core" in markdown and "6 of 6 participants (0 join failures" in markdown
 
 
 def test_png_decodes_with_the_series_the_json_lists(report) -> None:

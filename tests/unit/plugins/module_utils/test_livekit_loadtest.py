@@ -108,10 +108,11 @@ def test_report_png_and_markdown():
                  "shape": {"rooms": 2, "publishers": 1, "subscribers": 2, "audio_only": False, "resolution": "640x360",
                            "fps": 15, "simulcast": True, "ramp_up": 4, "duration": 10},
                  "participants": [{"joined": True, "join_seconds": 0.2 + i / 10, "error": None} for i in range(5)]
-                 + [{"joined": False, "join_seconds": None, "error": "timeout after 20 s"}],
+                 + [{"joined": False, "join_seconds": None, "error": "timeout after 20 s"},
+                    {"joined": False, "join_seconds": None, "error": "cancelled (the run ended)"}],
                  "timeline": [{"participants": 5, "generator_cores": 0.25}, {"participants": 5, "generator_cores": 0.35}]}
     report = build_report(generator, samples, LIMITS, "lk-1")
-    assert report["participants_joined"] == 5 and report["join_failures"] == 1
+    assert report["participants_joined"] == 5 and report["join_failures"] == 1 and report["joins_cancelled"] == 1
     assert report["generator"]["generator_participants_per_core"] == 16.7  # 5 on 0.3 cores
     assert [s["name"] for s in report["plot"]["series"]] == [s["name"] for s in PLOT_SERIES]
     width, height, rows = read_png(render_plot(report))
@@ -120,4 +121,4 @@ def test_report_png_and_markdown():
     for series in PLOT_SERIES:
         assert bytes(series["color"]) in pixels, series["name"]
     text = render_markdown(report)
-    assert "5 of 6 participants (1 join failures)" in text and "**Participants per core**" in text
+    assert "5 of 7 participants (1 join failures, 1 not started" in text and "**Participants per core**" in text

@@ -25,7 +25,8 @@ PROMTOOL=$PROMETHEUS_TOOLS_DIR/bin/promtool
 AMTOOL=$PROMETHEUS_TOOLS_DIR/bin/amtool
 # The join probe's SDK (PyPI package livekit, the version the livekit_join_probe role installs) as
 # wheels for the test hosts' Python (Debian 12: 3.11, like the controller), which reach no package
-# index: the role installs them with livekit_join_probe_sdk_source: local.
+# index: the role installs them with livekit_join_probe_sdk_source: local. The load test in `default`
+# installs the same wheels into its generator's venv on the controller (livekit_loadtest_sdk_source: local).
 PROBE_SDK_VERSION=${PROBE_SDK_VERSION:-1.2.1}
 PROBE_WHEEL_DIR=$CACHE_DIR/probe-wheels/livekit-$PROBE_SDK_VERSION
 # Test host images: localhost/selfhosted-livekit-test:<suite>

@@ -76,7 +76,7 @@ print(g(P)["pip"])')
   { [ -n "${PIP_CERT:-}" ] && echo "--cert $PIP_CERT"; [ -n "${PIP_INDEX_URL:-}" ] && echo "--index-url $PIP_INDEX_URL"; true; } \
     >"$HOME/.ansible/test/cache/pip-settings.txt"
 
-  if wants lab monitoring && [ ! -f "$PROBE_WHEEL_DIR/.complete" ]; then
+  if wants lab monitoring default && [ ! -f "$PROBE_WHEEL_DIR/.complete" ]; then
     log "downloading the join probe's SDK wheels (livekit $PROBE_SDK_VERSION) for the test hosts"
     rm -rf "$PROBE_WHEEL_DIR"
     "$venv/bin/pip" download -q --only-binary=:all: -d "$PROBE_WHEEL_DIR" "livekit==$PROBE_SDK_VERSION"

@@ -398,6 +398,36 @@ def test_bad_setting_fails_before_any_change(runs: dict[str, Run], case_id: str,
         assert value not in run.output, "a secret of the case is in the output"
 
 
+# playbooks/loadtest.yml: a room shape above the bounds is refused in its preflight, before the load
+# generator is installed on the load host (the controller) or anything starts on the node.
+LOADTEST_CASES = [
+    ("shape-above-max-participants",
+     {"livekit_loadtest_rooms": 50, "livekit_loadtest_publishers_per_room": 2, "livekit_loadtest_subscribers_per_room": 10},
+     ("600 participants", "livekit_loadtest_max_participants")),
+    ("max-participants-above-ceiling", {"livekit_loadtest_max_participants": 5000}, ("livekit_loadtest_max_participants", "2000")),
+    ("run-longer-than-max-seconds", {"livekit_loadtest_duration": 3000}, ("livekit_loadtest_max_seconds", "3030 s")),
+    ("unknown-resolution", {"livekit_loadtest_video_resolution": "4k"}, "livekit_loadtest_video_resolution"),
+]
+
+
+@pytest.mark.parametrize(("extra", "expected"), [(c[1], c[2]) for c in LOADTEST_CASES], ids=[c[0] for c in LOADTEST_CASES])
+def test_loadtest_bad_shape_refused_before_anything_starts(host: Node, tmp_path: pathlib.Path, extra: dict, expected) -> None:
+    home, reports = tmp_path / "load-host", tmp_path / "reports"
+    varsfile = tmp_path / "extra.json"
+    varsfile.write_text(json.dumps(dict(extra, livekit_loadtest_home=str(home), livekit_loadtest_report_dir=str(reports))))
+    env = dict(os.environ, ANSIBLE_CALLBACK_RESULT_FORMAT="json", ANSIBLE_NOCOLOR="1")
+    run = subprocess.run(playbook_command("loadtest.yml", "-e", f"@{varsfile}"), capture_output=True, text=True,
+                         cwd=REPO, env=env, timeout=RUN_TIMEOUT, check=False)
+    output = run.stdout + run.stderr
+    assert run.returncode != 0, f"loadtest.yml accepted the shape:\n{output[-3000:]}"
+    error = error_part(output)
+    assert "Check the node, the room shape and the bounds" in output.split("fatal: [", 1)[0].rsplit("TASK [", 1)[-1]
+    for word in (expected,) if isinstance(expected, str) else expected:
+        assert word in error, f"the error does not say {word!r}:\n{error[-3000:]}"
+    assert not home.exists() and not reports.exists(), "loadtest.yml got past its checks on the load host"
+    assert "livekit_loadtest_sampler" not in output and "Install" not in output.split("fatal: [", 1)[0]
+
+
 def test_host_is_untouched_after_all_bad_runs(runs: dict[str, Run], host: Node, snapshot_before: str) -> None:
     assert host.sh(SNAPSHOT).stdout == snapshot_before
     assert "No such file" in host.sh("ls -d /etc/livekit 2>&1", check=False).stdout

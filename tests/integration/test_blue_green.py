@@ -557,8 +557,8 @@ def test_rollback_during_the_drain_goes_to_the_third_slot(host: Host, join, call
     assert record["slots"][old_slot]["state"] == "draining", record
     assert host.pid(old_slot) == old_pid and host.active(old_slot) == "deactivating"
     # New rooms go to the third slot.
-    for _ in range(3):
-        room = f"after-rollback-{uuid.uuid4().hex[:6]}"
+    for attempt in range(3):
+        room = f"after-rollback-{attempt}-{uuid.uuid4().hex[:6]}"
         status, text = proxy_twirp(host.ip, "CreateRoom", {"name": room, "empty_timeout": 30},
                                    make_token(api_key, api_secret, roomCreate=True))
         assert status == 200, text

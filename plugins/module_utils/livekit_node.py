@@ -221,7 +221,7 @@ class DrainRestart:
 
     def run(self, state="restarted", quiet_threshold=None, quiet_timeout=0, on_busy="fail",
             drain_timeout=18000, on_drain_timeout="fail", start_timeout=120, expected_version=None,
-            check_mode=False):
+            check_mode=False, max_refusal=None, allow_long_refusal=False):
         result = dict(changed=False, action="none", deferred=False, old_pid=None, new_pid=None,
                       old_version=None, new_version=None, rooms_at_drain=None, participants_at_drain=None,
                       gate_seconds=0.0, drain_seconds=0.0, forced_participants=0, restart_seconds=None,
@@ -294,6 +294,21 @@ class DrainRestart:
             action = "drained" if state == "stopped" else "restarted"
         result.update(changed=True, action=action,
                       rooms_at_drain=load["rooms"], participants_at_drain=load["participants"])
+        # On a single node a drain refuses every new room until the last call ends: bounded by max_refusal.
+        if (max_refusal is not None and not joined and drain_timeout > max_refusal
+                and (load["participants"] is None or load["participants"] > 0)):
+            message = (
+                "this node is the only one, so a drain refuses every new room until its %s participant(s) leave: up "
+                "to %ds (the drain timeout), more than livekit_server_restart_max_refusal=%ds"
+                % ("an unknown number of" if load["participants"] is None else load["participants"], drain_timeout,
+                   max_refusal))
+            if not allow_long_refusal:
+                raise RestartError(
+                    message + ". Nothing was signalled. Run in a quiet hour, lower livekit_server_restart_drain_timeout "
+                    "(with on_drain_timeout=force the calls are cut then), allow it with "
+                    "livekit_server_restart_allow_long_refusal=true, or use livekit_server_deployment_strategy="
+                    "blue_green, which refuses no new room", result)
+            result["refusal_warning"] = message
         if check_mode:
             return result
 

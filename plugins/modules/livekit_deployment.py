@@ -57,6 +57,26 @@ options:
     description: Where to also write the record as a local fact; empty to skip.
     type: path
     default: /etc/ansible/facts.d/livekit_deployment.fact
+  key_file:
+    description:
+      - With O(slot), the key file the slot's instance read at start; the names of its keys (never the
+        secrets) are recorded for the slot, so a later swap keeps every key a draining slot still needs.
+    type: path
+    version_added: 0.5.0
+  units:
+    description:
+      - systemd units whose C(ActiveState) to return in RV(unit_states) (one C(systemctl show) for all).
+    type: list
+    elements: str
+    default: []
+    version_added: 0.5.0
+  slot:
+    description:
+      - Under the blue_green deployment strategy, the slot whose instance runs O(version); it becomes
+        the record's C(live_slot). Empty for the single instance of the restart strategy.
+    type: str
+    default: ""
+    version_added: 0.5.0
 attributes:
   check_mode:
     description: Can run in check mode and return changed status prediction without modifying target.
@@ -107,6 +127,11 @@ versions_with_config:
   type: list
   elements: str
   sample: ["1.13.5", "1.13.6"]
+unit_states:
+  description: The C(ActiveState) of each of O(units) (C(inactive) for a unit that does not exist).
+  returned: always
+  type: dict
+  sample: {"livekit-server@a.service": active, "livekit-server@b.service": deactivating}
 audit:
   description: The latest audit events, oldest first.
   returned: always
@@ -118,48 +143,24 @@ ansible_facts:
   type: dict
 """
 
-import hashlib
 import json
-import os
-import re
-import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_files import atomic_write, read_json
-from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_files import append_audit, iso
+from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_api import parse_key_file
+from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_record import paths, read_audit, read_json
+from ansible_collections.selfhosted.livekit.plugins.module_utils.livekit_record import record_deployment, snapshots
 
-VERSION_RE = re.compile(r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$")
 
-
-def read_audit(path, lines):
-    try:
-        with open(path) as handle:
-            tail = handle.read().splitlines()[-lines:] if lines > 0 else []
-    except OSError:
-        return []
-    events = []
-    for line in tail:
+def slot_update(params):
+    """The record's entry for the slot that now runs ``version`` (started by a converge, not a swap)."""
+    fields = dict(state="live", version=params["version"])
+    if params["key_file"]:
         try:
-            events.append(json.loads(line))
-        except ValueError:
-            events.append({"unparsable": line[:200]})
-    return events
-
-
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(65536), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def snapshots(config_dir):
-    try:
-        names = os.listdir(config_dir)
-    except OSError:
-        return []
-    return sorted(name[:-5] for name in names if name.endswith(".yaml"))
+            with open(params["key_file"]) as handle:
+                fields["key_names"] = sorted(parse_key_file(handle.read()))
+        except (OSError, ValueError):
+            pass
+    return {params["slot"]: fields}
 
 
 def main():
@@ -174,55 +175,41 @@ def main():
             by=dict(type="str"),
             audit_lines=dict(type="int", default=20),
             facts_file=dict(type="path", default="/etc/ansible/facts.d/livekit_deployment.fact"),
+            slot=dict(type="str", default=""),
+            units=dict(type="list", elements="str", default=[]),
+            key_file=dict(type="path"),
         ),
         required_if=[("state", "present", ["version"])],
         supports_check_mode=True,
     )
     params = module.params
-    record_path = os.path.join(params["path"], "deployment.json")
-    audit_path = os.path.join(params["path"], "audit.jsonl")
-    config_dir = os.path.join(params["path"], "config")
+    record_path, audit_path, config_dir = paths(params["path"])
     before = read_json(record_path)
-    record = dict(before)
+    record = before
     changed = False
 
     if params["state"] == "present":
-        version = params["version"]
-        if not VERSION_RE.match(version):
-            module.fail_json(msg="version must look like 1.13.5, not %r" % version)
-        config_sha = None
-        if params["config"]:
-            if not os.path.isfile(params["config"]):
-                module.fail_json(msg="config %s does not exist" % params["config"])
-            config_sha = sha256(params["config"])
-        snapshot = os.path.join(config_dir, version + ".yaml")
-        snapshot_stale = config_sha is not None and (
-            not os.path.isfile(snapshot) or sha256(snapshot) != config_sha)
-        if before.get("version") != version or params["event"] != before.get("event", "deploy") or snapshot_stale:
-            changed = True
-            record = dict(
-                version=version,
-                previous_version=before.get("previous_version") if before.get("version") == version
-                else before.get("version"),
-                event=params["event"],
-                time=iso(time.time()),
-                by=params["by"],
-                playbook=params["playbook"],
-                config_sha256=config_sha,
-            )
-            if not module.check_mode:
-                if snapshot_stale:
-                    with open(params["config"], "rb") as handle:
-                        atomic_write(snapshot, handle.read(), 0o600)
-                atomic_write(record_path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode(), 0o644)
-                if params["facts_file"]:
-                    atomic_write(params["facts_file"], (json.dumps(record, sort_keys=True) + "\n").encode(), 0o644)
-                audit = dict((k, v) for k, v in record.items() if k not in ("time", "config_sha256"))
-                append_audit(audit_path, audit.pop("event"), **audit)
+        try:
+            changed, before, record = record_deployment(
+                params["path"], params["version"], event=params["event"], config=params["config"],
+                playbook=params["playbook"], by=params["by"], facts_file=params["facts_file"],
+                check_mode=module.check_mode, slot=params["slot"] or None,
+                slots_update=slot_update(params) if params["slot"] else None)
+        except ValueError as err:
+            module.fail_json(msg=str(err))
 
     facts = dict(record=record, audit=read_audit(audit_path, params["audit_lines"]),
                  versions_with_config=snapshots(config_dir))
-    result = dict(changed=changed, ansible_facts=dict(livekit_deployment=facts), **facts)
+    unit_states = {}
+    if params["units"]:
+        rc, out, err = module.run_command(["systemctl", "show", "--property=Id,ActiveState"] + params["units"])
+        if rc != 0:
+            module.fail_json(msg="systemctl show failed: %s" % (err or out).strip()[:300])
+        # One block per unit, in the order asked, separated by blank lines.
+        blocks = [dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+                  for block in out.strip().split("\n\n")]
+        unit_states = dict((name, block.get("ActiveState", "inactive")) for name, block in zip(params["units"], blocks))
+    result = dict(changed=changed, unit_states=unit_states, ansible_facts=dict(livekit_deployment=facts), **facts)
     if module._diff and changed:
         result["diff"] = dict(before=json.dumps(before, indent=2, sort_keys=True) + "\n",
                               after=json.dumps(record, indent=2, sort_keys=True) + "\n",

@@ -101,6 +101,18 @@ options:
     description: Seconds between probes while waiting.
     type: float
     default: 1.0
+  max_refusal:
+    description:
+      - For a node that is the only one (nothing else takes its new rooms while it drains), the longest time a
+        drain may refuse new rooms. A drain of a busy node whose O(drain_timeout) is longer fails before
+        anything is signalled, unless O(allow_long_refusal). Unset, no bound.
+    type: int
+    version_added: 0.5.0
+  allow_long_refusal:
+    description: Drain anyway past O(max_refusal), with a warning.
+    type: bool
+    default: false
+    version_added: 0.5.0
 attributes:
   check_mode:
     description: Can run in check mode and return changed status prediction without modifying target.
@@ -248,6 +260,8 @@ def main():
             expected_version=dict(type="str"),
             audit_log=dict(type="path"),
             poll_interval=dict(type="float", default=1.0),
+            max_refusal=dict(type="int"),
+            allow_long_refusal=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )
@@ -282,12 +296,15 @@ def main():
             state=params["state"], quiet_threshold=params["quiet_threshold"], quiet_timeout=params["quiet_timeout"],
             on_busy=params["on_busy"], drain_timeout=params["drain_timeout"],
             on_drain_timeout=params["on_drain_timeout"], start_timeout=params["start_timeout"],
-            expected_version=params["expected_version"], check_mode=module.check_mode)
+            expected_version=params["expected_version"], check_mode=module.check_mode,
+            max_refusal=params["max_refusal"], allow_long_refusal=params["allow_long_refusal"])
     except RestartError as err:
         failure, result = str(err), err.result
     except RuntimeError as err:
         failure, result = str(err), {}
 
+    if result.get("refusal_warning"):
+        module.warn(result["refusal_warning"])
     if audit_errors:
         module.warn("could not write the audit log %s: %s" % (params["audit_log"], audit_errors[0]))
     if failure:

@@ -21,6 +21,7 @@ import os
 import pathlib
 import re
 import secrets
+import signal
 import socket
 import ssl
 import subprocess
@@ -321,10 +322,19 @@ def call(resolve: list[str], api_key: str, api_secret: str):
 
 
 def start_playbook(name: str, *args: str, env: dict | None = None, log: pathlib.Path) -> subprocess.Popen:
+    """ansible-playbook in the background, in a session of its own (stop_playbook ends its workers too)."""
     sink = log.open("w")
     return subprocess.Popen(playbook_command(name, *args), stdout=sink, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                            start_new_session=True,
                             env=dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_CALLBACK_RESULT_FORMAT="json",
                                      **(env or {})))
+
+
+def stop_playbook(playbook: subprocess.Popen) -> None:
+    """Kill a playbook that is still running, with every process it forked."""
+    if playbook.poll() is None:
+        os.killpg(playbook.pid, signal.SIGKILL)
+        playbook.wait(timeout=30)
 
 
 def swap_under_load(host: Host, prober: Prober, playbook: subprocess.Popen, log: pathlib.Path,
@@ -349,9 +359,7 @@ def finish_playbook(playbook: subprocess.Popen, log: pathlib.Path, timeout: floa
     try:
         playbook.wait(timeout=timeout)
     finally:
-        if playbook.poll() is None:
-            playbook.kill()
-            playbook.wait()
+        stop_playbook(playbook)
     return log.read_text()
 
 
@@ -467,8 +475,7 @@ def test_upgrade_under_a_call_refuses_no_new_room(host: Host, join, call, api_ke
         assert call(fresh)["ok"]
         output = finish_playbook(upgrade, log)
     finally:
-        if upgrade.poll() is None:
-            upgrade.kill()
+        stop_playbook(upgrade)
     probe = prober.finish()
     print(f"upgrade: {summary(probe)}")
     assert upgrade.returncode == 0, output[-4000:]
@@ -546,8 +553,7 @@ def test_rollback_during_the_drain_goes_to_the_third_slot(host: Host, join, call
         third = swap_under_load(host, prober, rollback, log, new_slot)
         output = finish_playbook(rollback, log)
     finally:
-        if rollback.poll() is None:
-            rollback.kill()
+        stop_playbook(rollback)
     probe = prober.finish()
     print(f"rollback: {summary(probe)}")
     assert rollback.returncode == 0, output[-4000:]
@@ -598,8 +604,7 @@ def test_config_change_and_key_rotation_swap_under_a_call(host: Host, join, call
         config_slot = swap_under_load(host, prober, site, log, start_slot)
         output = finish_playbook(site, log, timeout=600)
     finally:
-        if site.poll() is None:
-            site.kill()
+        stop_playbook(site)
     probe = prober.finish()
     print(f"configuration change: {summary(probe)}")
     assert site.returncode == 0, output[-4000:]
@@ -644,8 +649,7 @@ def test_config_change_and_key_rotation_swap_under_a_call(host: Host, join, call
             new_key_joined = call(f"new-key-{uuid.uuid4().hex[:6]}", key=new_key, secret=keys[new_key])
         output = finish_playbook(rotate, log, timeout=600)
     finally:
-        if rotate.poll() is None:
-            rotate.kill()
+        stop_playbook(rotate)
     probe = prober.finish()
     print(f"key rotation (add): {summary(probe)}")
     assert rotate.returncode == 0, output[-4000:]

@@ -8,6 +8,9 @@
 # drained with SIGTERM until its room empties. Prints what each step saw.
 # Usage: bench/blue_green_spike.sh            (KEEP=1 leaves the host up for poking at it)
 #        bench/blue_green_spike.sh experiment (rerun the experiment on a kept host)
+#        bench/blue_green_spike.sh measure    (the product, not the spike: the host on 1.13.4 with
+#          livekit_server_deployment_strategy blue_green, then bench/blue_green.py times upgrade.yml
+#          under a call and a room prober; HANG_UP=60 seconds after the upgrade the call ends)
 # Bounded: every wait has a deadline; the whole run takes about 10 minutes on a busy 2-core machine.
 name=lkt-bgspike-1
 source "$(dirname "$0")/../scripts/lib.sh"
@@ -56,11 +59,22 @@ livekit_proxy_cert_file: $state/proxy.crt
 livekit_proxy_key_file: $state/proxy.key
 livekit_proxy_worker_connections: 4096
 livekit_server_drain_budget: 300
+$(if [ "${BG_PRODUCT:-0}" = 1 ]; then cat <<'PRODUCT'
+# The product: three slots of 100 media and relay ports each.
+livekit_server_deployment_strategy: blue_green
+livekit_server_rtc_port_range_start: 50000
+livekit_server_rtc_port_range_end: 50299
+livekit_server_turn_relay_range_start: 30000
+livekit_server_turn_relay_range_end: 30299
+PRODUCT
+else cat <<'SPIKE'
 # Blue's half of the ports (the role's unit); green gets the other half by hand (blue_green_spike.py).
 livekit_server_rtc_port_range_start: 50000
 livekit_server_rtc_port_range_end: 50049
 livekit_server_turn_relay_range_start: 30000
 livekit_server_turn_relay_range_end: 30049
+SPIKE
+fi)
 # Webhooks to a receiver on the host (blue_green_spike.py starts it): are events sent once or per instance?
 livekit_server_config_extra:
   webhook:
@@ -88,11 +102,26 @@ converge() {
   make_certificate
   write_inventory
   log "converging $name with playbooks/site.yml (proxy in sni mode)"
-  bench_converge
+  local start=$SECONDS
+  ansible-playbook -i "$state/inventory" playbooks/site.yml >"$state/converge.log" 2>&1 \
+    || { tail -40 "$state/converge.log"; die "converge failed"; }
+  log "converged in $((SECONDS - start)) s"
+}
+
+measure() {  # the product on the older release, then the upgrade under a call
+  bash scripts/setup.sh cluster >/dev/null  # builds the older release too
+  export BG_PRODUCT=1 LKT_UPGRADE_TO_VERSION=$LIVEKIT_TEST_VERSION LKT_UPGRADE_TO_ARTIFACT_DIR=$ARTIFACT_DIR/$LIVEKIT_TEST_VERSION
+  export LKT_LIVEKIT_VERSION=$LIVEKIT_UPGRADE_FROM_VERSION LKT_ARTIFACT_DIR=$ARTIFACT_DIR/$LIVEKIT_UPGRADE_FROM_VERSION
+  stand_up
+  podman cp "$state/ca.crt" "$name:/tmp/bg-ca.crt"
+  printf '127.0.0.1 localhost\n%s lk.bg.test turn.bg.test\n' "$(podman inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$name")" \
+    >"$state/hosts"
+  python bench/blue_green.py "$name" "$state" "${HANG_UP:-60}"
 }
 
 case ${1:-all} in
   all) stand_up; python bench/blue_green_spike.py "$name" "$state" ;;
+  measure) measure ;;
   up) KEEP=1; stand_up ;;
   converge) KEEP=1; converge ;;
   experiment) KEEP=1; python bench/blue_green_spike.py "$name" "$state" ;;

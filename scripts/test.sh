@@ -28,7 +28,10 @@ late_setup() {  # wait for the deferred builds before a stage that needs them
   [ $rc = 0 ] || { tail -n 30 "$late_setup_log" >&2; die "the builds for backup, cluster and bluegreen failed"; }
 }
 # LKT_NO_CLEANUP=1 keeps other scenarios' containers (when two stages are developed side by side).
-[ "${LKT_NO_CLEANUP:-0}" = 1 ] || bash scripts/cleanup.sh
+# Only stages that start containers clean up: lint, sanity and unit leave every container alone.
+if [ "${LKT_NO_CLEANUP:-0}" != 1 ] && [[ " ${stages[*]} " =~ \ (bad_input|default|monitoring|mondev|tls|backup|cluster|bluegreen)\  ]]; then
+  bash scripts/cleanup.sh
+fi
 
 # Per-run secrets and state: nothing secret lives in the repository.
 LKT_STATE_DIR=$(mktemp -d "${TMPDIR:-/tmp}/lkt-state.XXXXXX")

@@ -18,6 +18,7 @@ Standard library only (never Ansible): the modules import it too.
 
 from __future__ import annotations
 
+import datetime
 import os
 import subprocess
 
@@ -43,12 +44,29 @@ def parse_list_nodes(text):
     return nodes
 
 
+# Records updated within this many seconds of the newest count as live (keepalive every 2 s).
+FRESH_SECONDS = 10
+
+
+def _seconds_between(earlier, later):
+    try:
+        parse = [datetime.datetime.strptime(text, "%Y-%m-%d %H:%M:%S") for text in (earlier, later)]
+    except (TypeError, ValueError):
+        return None
+    return (parse[1] - parse[0]).total_seconds()
+
+
 def own_state(nodes, address):
     """The state in the record of the node at ``address``, or None when it has none. A node killed
     without a clean stop can leave its old record behind next to the new one until it expires:
-    the most recently updated record is the node's."""
+    the most recently updated record is the node's. Under blue_green two instances of the host keep
+    fresh records (one serving, one draining): the host serves when one of its fresh records does."""
     mine = sorted((n for n in nodes if n["ip"] == address), key=lambda n: n.get("updated", ""))
-    return mine[-1]["state"] if mine else None
+    if not mine:
+        return None
+    latest = mine[-1].get("updated", "")
+    fresh = [n for n in mine if (_seconds_between(n.get("updated", ""), latest) or 0) <= FRESH_SECONDS]
+    return "SERVING" if any(n["state"] == "SERVING" for n in fresh) else mine[-1]["state"]
 
 
 def pending_since(marker):

@@ -217,6 +217,11 @@ class Swap:
         except RuntimeError:
             return False
 
+    def record_failure(self, target, reason):
+        """The record and audit log say the swap to ``target`` failed, and why."""
+        self.host.save(None, None, {target: dict(state="failed", reason=reason, since=iso(self.wall()))})
+        self.host.audit("swap_failed", slot=target, unit=self.host.unit(target), reason=reason)
+
     def _abort(self, result, target, reason, live_pid, live_unit, node_id):
         """Stop the new instance (it has no participants), leave the live one alone, record why."""
         unit = self.host.unit(target)
@@ -232,8 +237,7 @@ class Swap:
             result["live_pid_after"] = now["MainPID"] or None
             if now["MainPID"] != live_pid:
                 reason += "; the live instance's PID changed from %s to %s" % (live_pid, now["MainPID"])
-        self.host.save(None, None, {target: dict(state="failed", reason=reason, since=iso(self.wall()))})
-        self.host.audit("swap_failed", slot=target, unit=unit, reason=reason)
+        self.record_failure(target, reason)
         raise SwapError("the swap to slot %s failed, and the live instance was left as it was: %s" % (target, reason),
                         result)
 

@@ -27,10 +27,16 @@ description:
 author: selfhosted.livekit maintainers (@selfhosted-livekit)
 options:
   state:
-    description: V(swapped) swaps; V(planned) only chooses the slot and checks.
+    description:
+      - V(swapped) swaps; V(planned) only chooses the slot and checks.
+      - V(failed) records that a swap to O(target) failed before the module ran (its configuration was
+        refused by the release, say) with O(reason), and changes nothing else.
     type: str
-    choices: [planned, swapped]
+    choices: [planned, swapped, failed]
     default: swapped
+  reason:
+    description: Why the swap failed, with O(state=failed).
+    type: str
   slots:
     description:
       - The slots and their ports, by name. Each has C(port), C(rtc_tcp_port), C(turn_udp_port),
@@ -238,7 +244,8 @@ def read_number(path, field=None):
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            state=dict(type="str", choices=["planned", "swapped"], default="swapped"),
+            state=dict(type="str", choices=["planned", "swapped", "failed"], default="swapped"),
+            reason=dict(type="str"),
             slots=dict(type="dict", required=True),
             target=dict(type="str"),
             version=dict(type="str"),
@@ -260,7 +267,7 @@ def main():
             playbook=dict(type="str"),
             by=dict(type="str"),
         ),
-        required_if=[("state", "swapped", ["version"])],
+        required_if=[("state", "swapped", ["version"]), ("state", "failed", ["target", "reason"])],
         supports_check_mode=True,
     )
     params = module.params
@@ -399,7 +406,11 @@ def main():
     )
     swap = Swap(host, slots)
     try:
-        if params["state"] == "planned":
+        if params["state"] == "failed":
+            result = dict(changed=True, target=params["target"])
+            if not module.check_mode:
+                swap.record_failure(params["target"], params["reason"])
+        elif params["state"] == "planned":
             result = swap.plan(params["target"], params["min_free_memory_mb"], params["min_free_fds"])
             state = result.pop("state")
             result["changed"] = swap.note_ended_drains(state, module.check_mode)

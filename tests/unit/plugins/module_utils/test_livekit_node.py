@@ -373,3 +373,22 @@ def test_ungated_drain_does_not_report_an_unknown_load_as_zero(misbehaving_serve
 def test_metrics_without_livekit_gauges_are_not_read_as_zero():
     with pytest.raises(ValueError, match="livekit_participant_total"):
         parse_metrics("# TYPE go_goroutines gauge\ngo_goroutines 12\n")
+
+
+def test_a_single_busy_nodes_long_drain_is_refused_before_any_signal():
+    node = FakeNode(participants=2, leave_at=[10, 30])
+    with pytest.raises(RestartError, match="refuses every new room until its 2 participant.*up to 600s.*max_refusal=300s"):
+        node.restarter().run(drain_timeout=600, max_refusal=300)
+    assert node.calls == []
+    # Allowed, it drains with a warning; within the bound, or on an idle node, nothing is said.
+    result = node.restarter().run(drain_timeout=600, max_refusal=300, allow_long_refusal=True, expected_version="1.13.5")
+    assert "up to 600s" in result["refusal_warning"] and result["action"] == "restarted"
+    idle = FakeNode(participants=0)
+    assert "refusal_warning" not in idle.restarter().run(drain_timeout=600, max_refusal=300)
+
+
+def test_the_refusal_bound_holds_in_check_mode_too():
+    node = FakeNode(participants=1)
+    with pytest.raises(RestartError, match="livekit_server_restart_allow_long_refusal"):
+        node.restarter().run(drain_timeout=18000, max_refusal=600, check_mode=True)
+    assert node.calls == []

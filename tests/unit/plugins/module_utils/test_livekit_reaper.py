@@ -167,6 +167,12 @@ def test_own_state_is_the_latest_record_with_this_nodes_address():
     assert own_state(nodes, "10.0.0.3") is None
 
 
+def test_a_blue_green_host_serves_while_its_old_instance_drains():
+    nodes = [dict(ip="10.0.0.2", state="SERVING", updated="2026-11-23 09:10:48"),
+             dict(ip="10.0.0.2", state="SHUTTING_DOWN", updated="2026-11-23 09:10:49")]
+    assert own_state(nodes, "10.0.0.2") == "SERVING"
+
+
 def test_a_list_nodes_that_prints_no_table_is_an_error(tmp_path):
     """livekit-server exits 0 when it cannot load its configuration (seen in a sandbox without
     AF_NETLINK: 'could not validate RTC config'); that must not read as 'no record'."""

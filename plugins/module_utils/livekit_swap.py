@@ -312,6 +312,16 @@ class Swap:
             self._abort(result, target, "nginx refused the configuration pointing at the new instance: " + error,
                         live_pid, live_unit, node_id)
 
+        # nginx first: an idle old instance exits the moment it is told to drain, and nginx would answer
+        # 502 until it pointed at the new one. While both serve, a new room may still land on the old
+        # instance (random selector); that only lengthens its drain.
+        reload_error = self.host.proxy_reload()
+        if reload_error:
+            self.host.proxy_restore()
+            if self.host.proxy_reload():
+                reload_error += "; reloading the old configuration failed too"
+            self._abort(result, target, "nginx did not reload onto the new instance: " + reload_error,
+                        live_pid, live_unit, node_id)
         # Past this point the old instance drains, which cannot be undone (F3): only forward.
         self.host.enable(unit)
         now = self.wall()
@@ -330,7 +340,6 @@ class Swap:
                 if not self._wait(draining, 30):
                     result.setdefault("warnings", []).append(
                         "the old instance (node %s) did not show SHUTTING_DOWN in Redis within 30s" % old_id)
-        reload_error = self.host.proxy_reload()
         update = {target: dict(state="live", version=version, key_names=sorted(self.host.key_names()), since=iso(now),
                                node_id=node_id, reason=None)}
         if live:
@@ -342,8 +351,4 @@ class Swap:
                         participants_on_previous=old_participants, start_seconds=result["start_seconds"])
         result.update(live_slot=target, draining=sorted(set(state["draining"]) | ({live} if live is not None else set())),
                       total_seconds=round(self.clock() - started, 1))
-        if reload_error:
-            raise SwapError("slot %s is live and the old instance drains, but nginx did not reload (%s): it still "
-                            "sends new connections to the old instance, which relays them until it exits. Fix nginx "
-                            "and run systemctl reload nginx" % (target, reload_error), result)
         return result

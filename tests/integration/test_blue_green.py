@@ -734,14 +734,15 @@ def test_retiring_a_key_a_draining_slot_holds_is_refused(host: Host, api_key, ap
     new_key = SHARED.get("new_key") or pytest.skip("the rotation did not swap")
     draining = call2["slot"]
     live = host.live_slot()
-    before = (host.record(), host.pid(live), host.sh("sha256sum /etc/livekit/keys.yaml"))
+    before = (host.record(), host.pid(live), host.sh("sha256sum /etc/livekit/keys.yaml"), VAULT_FILE.read_bytes())
     refused = run_playbook("rotate_keys.yml", *rotation_args(
         "retire", "-e", f"livekit_rotation_retire_key={api_key}", "-e", "livekit_rotation_force=true",
         "-e", f"@{VAULT_FILE}", "--vault-password-file", str(VAULT_PASS)), timeout=600)
     said = refused.stdout + refused.stderr
     assert refused.returncode != 0, said[-3000:]
     assert names_slot(said, draining) and "drain" in said, said[-3000:]
-    assert (host.record(), host.pid(live), host.sh("sha256sum /etc/livekit/keys.yaml")) == before
+    assert (host.record(), host.pid(live), host.sh("sha256sum /etc/livekit/keys.yaml"), VAULT_FILE.read_bytes()) == before, \
+        "the refused retire changed the record, the live instance, the key file or the vault file"
     assert host.active(draining) == "deactivating"
 
     time.sleep(WINDOW)

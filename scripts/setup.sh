@@ -3,7 +3,7 @@
 # packages, the controller venv, the real livekit-server built from source, MinIO, and the systemd
 # test host images. Every step is cached and safe to re-run; independent steps run side by side.
 # Usage: scripts/setup.sh [--no-images] [--defer-extra-builds] [NEED...]
-#   NEED: lab, or test stages (lint sanity unit provision bad_input tls default monitoring backup cluster); default: all
+#   NEED: lab, or test stages (lint sanity unit provision bad_input tls default monitoring backup cluster bluegreen); default: all
 #   stages. Only what the named needs use is built: the lab needs no MinIO and no older release.
 #   --defer-extra-builds skips those two (tls, backup and cluster need them): scripts/test.sh builds them
 #   while the earlier stages run.
@@ -16,11 +16,11 @@ for arg in "$@"; do
   case $arg in
     --no-images) images=0 ;;
     --defer-extra-builds) extra_builds=0 ;;
-    lab|lint|sanity|unit|provision|bad_input|tls|default|monitoring|mondev|backup|cluster) needs+=("$arg") ;;
+    lab|lint|sanity|unit|provision|bad_input|tls|default|monitoring|mondev|backup|cluster|bluegreen) needs+=("$arg") ;;
     *) die "unknown argument $arg (--no-images, lab, or a test stage)" ;;
   esac
 done
-[ ${#needs[@]} -gt 0 ] || needs=(lint sanity unit bad_input tls default monitoring backup cluster)
+[ ${#needs[@]} -gt 0 ] || needs=(lint sanity unit bad_input tls default monitoring backup cluster bluegreen)
 wants() { local n; for n in "${needs[@]}"; do [[ " $* " == *" $n "* ]] && return 0; done; return 1; }
 
 apt_packages=(podman runc netavark iptables aardvark-dns slirp4netns uidmap debootstrap git curl ca-certificates
@@ -119,10 +119,10 @@ fi
 # The real server, built from source and packaged like a release; the older release only for the
 # upgrade tests, MinIO only for the backup tests and the drill in tls. Go builds share two cores: one after the other.
 go_builds() {
-  if wants lab bad_input tls default monitoring backup cluster; then
+  if wants lab bad_input tls default monitoring backup cluster bluegreen; then
     bash "$REPO_ROOT/scripts/build-livekit-artifact.sh" "$LIVEKIT_TEST_VERSION"
   fi
-  if [ $extra_builds = 1 ] && wants cluster; then
+  if [ $extra_builds = 1 ] && wants cluster bluegreen; then
     bash "$REPO_ROOT/scripts/build-livekit-artifact.sh" "$LIVEKIT_UPGRADE_FROM_VERSION"
   fi
   if [ $extra_builds = 1 ] && wants tls backup; then
@@ -135,7 +135,7 @@ start go go_builds
 if [ $images = 1 ]; then
   suites=()
   if wants default; then suites=($TEST_SUITES)
-  elif wants lab bad_input tls monitoring backup cluster; then suites=(bookworm)
+  elif wants lab bad_input tls monitoring backup cluster bluegreen; then suites=(bookworm)
   fi
   for suite in "${suites[@]}"; do
     start "image-$suite" bash "$REPO_ROOT/scripts/build-test-image.sh" "$suite"

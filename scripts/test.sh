@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # The whole test suite: lint, sanity, unit tests, then molecule scenarios on real test hosts,
 # cheapest first so the quick failures show up early. Installs what it needs (scripts/setup.sh).
-# Usage: scripts/test.sh [stage...]   stages: lint sanity unit provision bad_input default monitoring tls backup cluster  (default: all)
+# Usage: scripts/test.sh [stage...]   stages: lint sanity unit provision bad_input default monitoring tls backup cluster bluegreen  (default: all)
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(lint sanity unit provision bad_input default monitoring tls backup cluster)
+[ ${#stages[@]} -gt 0 ] || stages=(lint sanity unit provision bad_input default monitoring tls backup cluster bluegreen)
 
-# The older release and MinIO (only tls, backup and cluster use them) build while the stages before
+# The older release and MinIO (only tls, backup, cluster and bluegreen use them) build while the stages before
 # those run; their two Go builds would otherwise add minutes to a fresh machine's run.
 late_setup_pid=
-if [[ " ${stages[*]} " =~ \ (tls|backup|cluster)\  ]] && [[ " ${stages[*]} " =~ \ (lint|sanity|unit|provision|bad_input|default|monitoring)\  ]]; then
+if [[ " ${stages[*]} " =~ \ (tls|backup|cluster|bluegreen)\  ]] && [[ " ${stages[*]} " =~ \ (lint|sanity|unit|provision|bad_input|default|monitoring)\  ]]; then
   bash scripts/setup.sh --defer-extra-builds "${stages[@]}"
   late_setup_log=$(mktemp "${TMPDIR:-/tmp}/lkt-setup-late.XXXXXX")
   bash scripts/setup.sh --no-images "${stages[@]}" >"$late_setup_log" 2>&1 &
@@ -25,7 +25,7 @@ late_setup() {  # wait for the deferred builds before a stage that needs them
   wait "$late_setup_pid" || rc=$?
   late_setup_pid=
   grep -h '==>' "$late_setup_log" >&2 || true
-  [ $rc = 0 ] || { tail -n 30 "$late_setup_log" >&2; die "the builds for backup and cluster failed"; }
+  [ $rc = 0 ] || { tail -n 30 "$late_setup_log" >&2; die "the builds for backup, cluster and bluegreen failed"; }
 }
 # LKT_NO_CLEANUP=1 keeps other scenarios' containers (when two stages are developed side by side).
 # Only stages that start containers clean up: lint, sanity and unit leave every container alone.
@@ -128,9 +128,9 @@ for stage in "${stages[@]}"; do
     sanity) run_stage sanity stage_sanity ;;
     unit) run_stage unit stage_unit ;;
     provision) run_stage provision stage_provision ;;
-    tls|backup|cluster) late_setup; run_stage "molecule:$stage" bash -c "$(declare -f stage_molecule); stage_molecule $stage" ;;
+    tls|backup|cluster|bluegreen) late_setup; run_stage "molecule:$stage" bash -c "$(declare -f stage_molecule); stage_molecule $stage" ;;
     bad_input|default|monitoring|mondev) run_stage "molecule:$stage" bash -c "$(declare -f stage_molecule); stage_molecule $stage" ;;
-    *) die "unknown stage $stage (lint sanity unit provision bad_input default monitoring tls backup cluster)" ;;
+    *) die "unknown stage $stage (lint sanity unit provision bad_input default monitoring tls backup cluster bluegreen)" ;;
   esac
 done
 

@@ -146,6 +146,13 @@ def run_playbook(playbook: str, *args: str, env: dict | None = None, timeout: fl
     )
 
 
+def private_hosts(path: pathlib.Path, ip: str, names: list[str]) -> list[str]:
+    """A command prefix that runs a client with `names` resolving to `ip`, through its own
+    /etc/hosts in a mount namespace (the controller's resolver is never touched)."""
+    path.write_text(f"127.0.0.1 localhost\n{ip} {' '.join(names)}\n")
+    return ["unshare", "--mount", "--", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', str(path)]
+
+
 def tcp_reachable(ip: str, port: int, timeout: float = 3) -> bool:
     """Whether a TCP connection to ip:port opens from the controller."""
     try:
@@ -185,17 +192,22 @@ def unit_state(node: Node) -> str:
 
 
 class Participant:
-    """A real client that joins, optionally publishes, and stays until told to hang up (<= 400 s)."""
+    """A real client that joins, optionally publishes, and stays until told to hang up (<= ``seconds``)."""
 
     def __init__(self, node: Node, room: str, identity: str, key: str, secret: str, publish: bool = False,
-                 url: str | None = None, wrap: list[str] | None = None, extra_env: dict | None = None):
+                 url: str | None = None, wrap: list[str] | None = None, extra_env: dict | None = None,
+                 relay_only: bool = False, report_every: float | None = None, seconds: int = 400):
         """url: another signalling URL than the node's ws:// (e.g. wss:// through the proxy); wrap: a
-        command prefix (e.g. a private /etc/hosts); extra_env: e.g. SSL_CERT_FILE for a test CA."""
+        command prefix (e.g. a private /etc/hosts); extra_env: e.g. SSL_CERT_FILE for a test CA;
+        relay_only: ICE through TURN only; report_every: frame counts every this many seconds
+        (``progress`` lines in hang_up()'s events)."""
         env = dict(os.environ, LIVEKIT_API_KEY=key, LIVEKIT_API_SECRET=secret, **(extra_env or {}))
         self.proc = subprocess.Popen(
             [*(wrap or []), sys.executable, str(PARTICIPANT), "--url", url or node.ws, "--room", room,
-             "--timeout", "450", "stay", "--identity", identity, "--seconds", "400",
-             *(["--publish"] if publish else [])],
+             "--timeout", str(seconds + 50), *(["--relay-only"] if relay_only else []),
+             "stay", "--identity", identity, "--seconds", str(seconds),
+             *(["--publish"] if publish else []),
+             *(["--report-every", str(report_every)] if report_every else [])],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
         )
         first = json.loads(self.proc.stdout.readline() or "{}")

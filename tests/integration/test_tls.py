@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import secrets
 import socket
 import ssl
@@ -22,7 +21,8 @@ import time
 
 import pytest
 
-from conftest import PARTICIPANT, Node, Participant, load_nodes, make_token, run_playbook, security_exposure, wait_until
+from conftest import (PARTICIPANT, Node, Participant, load_nodes, make_token, private_hosts, run_playbook, security_exposure,
+                      wait_until)
 
 DOMAIN = "lk.lkt.test"  # molecule/tls/group_vars/all/tls.yml
 TURN_DOMAIN = "turn.lkt.test"
@@ -39,13 +39,6 @@ def pebble_root_pem(acme: Node) -> str:
     pem = acme.sh("curl -sf --cacert /etc/pebble/api-ca.crt https://localhost:15000/roots/0").stdout
     assert "BEGIN CERTIFICATE" in pem
     return pem
-
-
-def private_hosts(path: pathlib.Path, ip: str, names: list[str]) -> list[str]:
-    """A command prefix that runs a client with `names` resolving to `ip`, through its own
-    /etc/hosts in a mount namespace (the controller's resolver is never touched)."""
-    path.write_text(f"127.0.0.1 localhost\n{ip} {' '.join(names)}\n")
-    return ["unshare", "--mount", "--", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', str(path)]
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,9 @@ app does: signalling over WebSocket, ICE (direct or through the server's TURN), 
 Subcommands (JSON on stdout, exit 0 on success):
   token  print a join or admin token
   call   a publisher and a subscriber in one room; counts the frames that arrive
-  stay   one participant that stays connected and reports every event (drain/upgrade tests)
+  stay   one participant that stays connected and reports every event (drain/upgrade tests); with
+         --report-every N also its frame counts every N seconds, so a test sees a gap in the media
+         and not only the total
 
 The API secret comes from LIVEKIT_API_SECRET (or --api-secret); prefer the environment so the
 secret never shows in a process list. Every mode is bounded by --seconds and --timeout.
@@ -166,6 +168,17 @@ async def cmd_call(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+async def report_progress(counter: Counter, stop: asyncio.Event, every: float) -> None:
+    """Cumulative frame counts every ``every`` seconds until stop is set (one JSON line each)."""
+    while not stop.is_set():
+        emit(progress=True, t=time.time(), video_frames_received=counter.video, audio_frames_received=counter.audio)
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=every)
+        except asyncio.TimeoutError:
+            pass
+    emit(progress=True, t=time.time(), video_frames_received=counter.video, audio_frames_received=counter.audio)
+
+
 async def cmd_stay(args: argparse.Namespace) -> int:
     """Join, optionally publish, stay until --seconds or --leave-at; report events as JSON lines."""
     stop = asyncio.Event()
@@ -190,6 +203,8 @@ async def cmd_stay(args: argparse.Namespace) -> int:
     joined = time.monotonic()
     emit(event="connected", identity=args.identity, room=args.room, t=time.time())
     tasks = [asyncio.create_task(publish_media(room, stop))] if args.publish else []
+    if args.report_every:
+        tasks.append(asyncio.create_task(report_progress(counter, stop, args.report_every)))
     until = args.seconds if args.leave_at is None else max(0.0, args.leave_at - time.time())
     try:
         await asyncio.wait_for(stop.wait(), timeout=until)
@@ -226,6 +241,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     stay.add_argument("--seconds", type=float, default=30)
     stay.add_argument("--leave-at", type=float, help="unix time to leave at (overrides --seconds)")
     stay.add_argument("--publish", action="store_true")
+    stay.add_argument("--report-every", type=float, help="print the frame counts every this many seconds")
     args = parser.parse_args(argv)
     if not args.api_key or not args.api_secret:
         parser.error("set LIVEKIT_API_KEY and LIVEKIT_API_SECRET (or --api-key/--api-secret)")

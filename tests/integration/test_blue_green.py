@@ -366,7 +366,8 @@ def finish_playbook(playbook: subprocess.Popen, log: pathlib.Path, timeout: floa
 
 def changed_count(output: str) -> int:
     """'changed=N' of the host in a play recap."""
-    found = re.findall(r"lkt-bg\s*:\s*ok=\d+\s+changed=(\d+)", output)
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", output)  # molecule's environment forces colours
+    found = re.findall(r"lkt-bg\s*:\s*ok=\d+\s+changed=(\d+)", plain)
     assert found, output[-3000:]
     return int(found[-1])
 

@@ -139,8 +139,25 @@ class Swap:
         return ([p for p in tcp_ports(ports) if ("tcp", p) in taken]
                 + ["%d/udp" % p for p in udp_ports(ports) if ("udp", p) in taken])
 
-    def plan(self, target=None, min_free_memory_mb=256, min_free_fds=65536):
-        """Choose the target slot and check the swap can start; raises SwapError naming what is missing."""
+    def plan(self, target=None, min_free_memory_mb=256, min_free_fds=65536, check_mode=False):
+        """Choose the target slot and check the swap can start; raises SwapError naming what is missing.
+
+        A refusal is a failed swap too: the audit log gets swap_failed with the reason, and slots refused
+        for their ports are recorded as failed with it (nothing is written in check mode)."""
+        blocked = {}
+        try:
+            return self._plan(target, min_free_memory_mb, min_free_fds, blocked)
+        except SwapError as err:
+            if not check_mode:
+                now = iso(self.wall())
+                if blocked:
+                    self.host.save(None, None, dict((name, dict(state="failed", reason=reason, since=now))
+                                                    for name, reason in blocked.items()))
+                self.host.audit("swap_failed", slot=err.result.get("target") or target,
+                                candidates=err.result.get("free"), reason=str(err))
+            raise
+
+    def _plan(self, target, min_free_memory_mb, min_free_fds, blocked_slots):
         state = self.survey()
         result = dict(changed=False, live_slot=state["live"], draining=state["draining"], free=state["free"],
                       target=None, drains_ended=state["ended"])
@@ -173,6 +190,7 @@ class Swap:
                 break
             plural = "s" if len(taken) > 1 else ""
             blocked.append("slot %s: port%s %s already in use" % (name, plural, ", ".join(str(p) for p in taken)))
+            blocked_slots[name] = blocked[-1]
         if result["target"] is None:
             raise SwapError("no free slot can start: %s. Find the listener with ss -ltnup and stop it, or give "
                             "livekit_server_slots other ports" % "; ".join(blocked), result)
@@ -244,7 +262,7 @@ class Swap:
     def run(self, version, target=None, min_free_memory_mb=256, min_free_fds=65536, timeout=120,
             check_mode=False, event="deploy"):
         started = self.clock()
-        result = self.plan(target, min_free_memory_mb, min_free_fds)
+        result = self.plan(target, min_free_memory_mb, min_free_fds, check_mode)
         state = result.pop("state")
         target, live = result["target"], state["live"]
         result.update(changed=True, previous_slot=live, version=version)

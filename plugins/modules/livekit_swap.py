@@ -411,7 +411,7 @@ def main():
             if not module.check_mode:
                 swap.record_failure(params["target"], params["reason"])
         elif params["state"] == "planned":
-            result = swap.plan(params["target"], params["min_free_memory_mb"], params["min_free_fds"])
+            result = swap.plan(params["target"], params["min_free_memory_mb"], params["min_free_fds"], module.check_mode)
             state = result.pop("state")
             result["changed"] = swap.note_ended_drains(state, module.check_mode)
         else:

@@ -186,6 +186,9 @@ def test_taken_ports_and_capacity_are_refused_before_anything_starts():
     fake.taken = {("tcp", 7890), ("tcp", 7900)}
     with pytest.raises(SwapError, match="slot b: port 7890 already in use; slot c: port 7900"):
         swap(fake).run("1.13.5")
+    assert fake.record_data["slots"]["b"]["state"] == "failed" and "7890 already in use" in fake.record_data["slots"]["b"]["reason"]
+    assert fake.events[-1][0] == "swap_failed" and "no free slot can start" in fake.events[-1][1]["reason"]
+    assert fake.record_data["live_slot"] == "a"
     fake.taken = {("tcp", 7890)}
     assert swap(fake).plan()["target"] == "c"
     fake.taken = set()

@@ -153,7 +153,7 @@ class Swap:
                 if blocked:
                     self.host.save(None, None, dict((name, dict(state="failed", reason=reason, since=now))
                                                     for name, reason in blocked.items()))
-                self.host.audit("swap_failed", slot=err.result.get("target") or target,
+                self.host.audit("swap_failed", slot=err.result.get("target") or target or next(iter(blocked), None),
                                 candidates=err.result.get("free"), reason=str(err))
             raise
 

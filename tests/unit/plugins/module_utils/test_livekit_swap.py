@@ -188,6 +188,7 @@ def test_taken_ports_and_capacity_are_refused_before_anything_starts():
         swap(fake).run("1.13.5")
     assert fake.record_data["slots"]["b"]["state"] == "failed" and "7890 already in use" in fake.record_data["slots"]["b"]["reason"]
     assert fake.events[-1][0] == "swap_failed" and "no free slot can start" in fake.events[-1][1]["reason"]
+    assert fake.events[-1][1]["slot"] == "b" and fake.events[-1][1]["candidates"] == ["b", "c"]
     assert fake.record_data["live_slot"] == "a"
     fake.taken = {("tcp", 7890)}
     assert swap(fake).plan()["target"] == "c"

@@ -23,6 +23,7 @@ import urllib.request
 
 import jwt  # PyJWT, a dependency of the livekit-api package
 import pytest
+import yaml
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 PARTICIPANT = REPO / "tests" / "participant" / "lk_participant.py"
@@ -364,3 +365,11 @@ def place_room(cluster: dict, target: Node, prefix: str, key: str, secret: str) 
             return room
         twirp(target, "DeleteRoom", {"room": room}, make_token(key, secret, roomCreate=True))
     pytest.fail(f"LiveKit never placed a room on {target.name} in {tries} tries")
+
+
+def read_vault_keys(vault_file, vault_pass) -> dict:
+    """livekit_server_api_keys from the ansible-vault file rotate_keys.yml writes."""
+    out = subprocess.run(
+        [str(pathlib.Path(sys.executable).with_name("ansible-vault")), "view", "--vault-password-file", str(vault_pass),
+         str(vault_file)], capture_output=True, text=True, check=True, timeout=60).stdout
+    return yaml.safe_load(out)["livekit_server_api_keys"]

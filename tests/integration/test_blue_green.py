@@ -34,7 +34,7 @@ import uuid
 import pytest
 import yaml
 
-from conftest import (PARTICIPANT, REPO, Node, Participant, load_nodes, make_token, playbook_command, private_hosts,
+from conftest import (read_vault_keys, PARTICIPANT, REPO, Node, Participant, load_nodes, make_token, playbook_command, private_hosts,
                       run_playbook, wait_until)
 from turn_client import allocate_over_tls, livekit_credentials
 
@@ -378,10 +378,7 @@ def rotation_args(phase: str, *extra: str) -> list[str]:
 
 
 def vault_keys() -> dict:
-    out = subprocess.run(
-        [str(pathlib.Path(sys.executable).with_name("ansible-vault")), "view", "--vault-password-file", str(VAULT_PASS),
-         str(VAULT_FILE)], capture_output=True, text=True, check=True, timeout=60).stdout
-    return yaml.safe_load(out)["livekit_server_api_keys"]
+    return read_vault_keys(VAULT_FILE, VAULT_PASS)
 
 
 def inventory_override(content: dict) -> None:

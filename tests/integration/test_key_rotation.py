@@ -11,9 +11,8 @@ import sys
 import time
 
 import pytest
-import yaml
 
-from conftest import ArgvSampler, Node, Participant, load_nodes, make_token, playbook_command, run_playbook, twirp, unit_state, wait_until
+from conftest import read_vault_keys, ArgvSampler, Node, Participant, load_nodes, make_token, playbook_command, run_playbook, twirp, unit_state, wait_until
 
 NODE = "lkt-bookworm"  # rotation is per node; one node keeps the scenario short
 STATE = pathlib.Path(os.environ["LKT_STATE_DIR"])
@@ -35,10 +34,7 @@ def rotation_args(phase: str, *extra: str) -> list[str]:
 
 
 def vault_keys() -> dict:
-    out = subprocess.run(
-        [str(pathlib.Path(sys.executable).with_name("ansible-vault")), "view", "--vault-password-file", str(VAULT_PASS),
-         str(VAULT_FILE)], capture_output=True, text=True, check=True, timeout=60).stdout
-    return yaml.safe_load(out)["livekit_server_api_keys"]
+    return read_vault_keys(VAULT_FILE, VAULT_PASS)
 
 
 def accepted(node: Node, key: str, secret: str) -> bool:

@@ -119,6 +119,9 @@ stage_provision() {
 
 stage_molecule() {
   local scenario=$1
+  # Every playbook run (converge, idempotence, the tests' own runs) prints its wall time, so a CI log
+  # shows where a scenario's minutes went; pytest prints its slowest tests (molecule/shared/verify.yml).
+  ANSIBLE_CALLBACKS_ENABLED=ansible.posix.timer \
   MOLECULE_EPHEMERAL_DIRECTORY=$LKT_STATE_DIR/molecule-$scenario molecule test -s "$scenario"
 }
 

@@ -8,24 +8,72 @@ cd "$REPO_ROOT"
 stages=("$@")
 [ ${#stages[@]} -gt 0 ] || stages=(lint sanity unit provision bad_input default monitoring tls backup cluster bluegreen)
 
-# The older release and MinIO (only tls, backup, cluster and bluegreen use them) build while the stages before
-# those run; their two Go builds would otherwise add minutes to a fresh machine's run.
+# Setup in the order the stages need it. lint, sanity, unit and provision need only Debian's packages and
+# the controller venv: they run while the test images and the Go builds of livekit-server (minutes on a
+# fresh machine) are made in the background, and the first scenario waits for those. The older release
+# and MinIO (only tls, backup, cluster and bluegreen use them) are built after that, while bad_input,
+# default and monitoring run.
+controller_stages=() host_stages=()
+for stage in "${stages[@]}"; do
+  case $stage in
+    lint|sanity|unit|provision) controller_stages+=("$stage") ;;
+    *) host_stages+=("$stage") ;;
+  esac
+done
+late_setup_log=$(mktemp "${TMPDIR:-/tmp}/lkt-setup-late.XXXXXX")
+late_setup_done=$late_setup_log.first-done
 late_setup_pid=
-if [[ " ${stages[*]} " =~ \ (tls|backup|cluster|bluegreen)\  ]] && [[ " ${stages[*]} " =~ \ (lint|sanity|unit|provision|bad_input|default|monitoring)\  ]]; then
-  bash scripts/setup.sh --defer-extra-builds "${stages[@]}"
-  late_setup_log=$(mktemp "${TMPDIR:-/tmp}/lkt-setup-late.XXXXXX")
-  bash scripts/setup.sh --no-images "${stages[@]}" >"$late_setup_log" 2>&1 &
+late_setup_shown=0
+trap 'rm -f "$late_setup_log" "$late_setup_done"' EXIT
+early_builds_pending=0 extra_builds_pending=0
+if [ ${#controller_stages[@]} -gt 0 ] && [ ${#host_stages[@]} -gt 0 ]; then
+  bash scripts/setup.sh "${controller_stages[@]}"
+  early_builds_pending=1
+fi
+if [[ " ${stages[*]} " =~ \ (tls|backup|cluster|bluegreen)\  ]] && [[ " ${stages[*]} " =~ \ (bad_input|default|monitoring)\  ]]; then
+  extra_builds_pending=1
+fi
+if [ $early_builds_pending = 1 ] || [ $extra_builds_pending = 1 ]; then
+  [ $early_builds_pending = 1 ] || bash scripts/setup.sh --defer-extra-builds "${stages[@]}"
+  (
+    if [ $early_builds_pending = 1 ]; then
+      defer=()
+      [ $extra_builds_pending = 0 ] || defer=(--defer-extra-builds)
+      bash scripts/setup.sh "${defer[@]}" "${host_stages[@]}" || exit 1
+      touch "$late_setup_done"
+    fi
+    [ $extra_builds_pending = 0 ] || bash scripts/setup.sh --no-images "${host_stages[@]}"
+  ) >"$late_setup_log" 2>&1 &
   late_setup_pid=$!
 else
   bash scripts/setup.sh "${stages[@]}"
 fi
-late_setup() {  # wait for the deferred builds before a stage that needs them
+show_late_setup() {  # the background setup's progress lines not shown yet
+  grep -h '==>' "$late_setup_log" | tail -n +$((late_setup_shown + 1)) >&2 || true
+  late_setup_shown=$(grep -c '==>' "$late_setup_log" || true)
+}
+setup_failed() {
+  show_late_setup
+  tail -n 30 "$late_setup_log" >&2
+  die "the background setup failed (the builds and images the scenarios need)"
+}
+early_setup() {  # wait for the images and livekit-server before the first scenario
+  [ $early_builds_pending = 1 ] || return 0
+  while [ ! -f "$late_setup_done" ]; do
+    kill -0 "$late_setup_pid" 2>/dev/null || { [ -f "$late_setup_done" ] || setup_failed; }
+    sleep 2
+  done
+  early_builds_pending=0
+  show_late_setup
+}
+late_setup() {  # wait for every background build (the older release and MinIO too)
+  early_setup
   [ -n "$late_setup_pid" ] || return 0
   local rc=0
   wait "$late_setup_pid" || rc=$?
   late_setup_pid=
-  grep -h '==>' "$late_setup_log" >&2 || true
-  [ $rc = 0 ] || { tail -n 30 "$late_setup_log" >&2; die "the builds for backup, cluster and bluegreen failed"; }
+  [ $rc = 0 ] || setup_failed
+  show_late_setup
 }
 # LKT_NO_CLEANUP=1 keeps other scenarios' containers (when two stages are developed side by side).
 # Only stages that start containers clean up: lint, sanity and unit leave every container alone.
@@ -66,7 +114,7 @@ export LKT_PROBE_WHEEL_DIR=$PROBE_WHEEL_DIR
 export ANSIBLE_COLLECTIONS_PATH=$REPO_ROOT/.cache/collections
 export MOLECULE_EPHEMERAL_DIRECTORY_BASE=$LKT_STATE_DIR
 export XDG_CACHE_HOME=${XDG_CACHE_HOME:-$HOME/.cache}
-trap 'rm -rf "$LKT_STATE_DIR"; [ -z "${late_setup_log:-}" ] || rm -f "$late_setup_log"' EXIT
+trap 'rm -rf "$LKT_STATE_DIR"; rm -f "$late_setup_log" "$late_setup_done"' EXIT
 
 passed=0
 failed=0
@@ -132,7 +180,7 @@ for stage in "${stages[@]}"; do
     unit) run_stage unit stage_unit ;;
     provision) run_stage provision stage_provision ;;
     tls|backup|cluster|bluegreen) late_setup; run_stage "molecule:$stage" bash -c "$(declare -f stage_molecule); stage_molecule $stage" ;;
-    bad_input|default|monitoring|mondev) run_stage "molecule:$stage" bash -c "$(declare -f stage_molecule); stage_molecule $stage" ;;
+    bad_input|default|monitoring|mondev) early_setup; run_stage "molecule:$stage" bash -c "$(declare -f stage_molecule); stage_molecule $stage" ;;
     *) die "unknown stage $stage (lint sanity unit provision bad_input default monitoring tls backup cluster bluegreen)" ;;
   esac
 done

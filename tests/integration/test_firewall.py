@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from conftest import Node, run_playbook
+from conftest import Node, load_nodes, run_playbook
 
 FOREIGN = (
     "nft add table inet lkt_foreign; "
@@ -30,21 +30,35 @@ def foreign_table(node: Node):
     node.sh("nft delete table inet lkt_foreign", check=False)
 
 
-def test_a_converge_that_changes_our_rules_keeps_other_tables(node: Node, foreign_table) -> None:
+@pytest.fixture
+def foreign_tables(request):
+    """The other program's table on every host of the scenario (Debian 12 and 13)."""
+    nodes = load_nodes(request.config.getoption("--hosts-dir"))
+    for node in nodes:
+        node.sh(FOREIGN)
+    yield nodes
+    for node in nodes:
+        node.sh("nft delete table inet lkt_foreign", check=False)
+
+
+def test_a_converge_that_changes_our_rules_keeps_other_tables(foreign_tables: list[Node]) -> None:
+    limit = ",".join(node.name for node in foreign_tables)  # both hosts in one run, as a user converges them
     extra = json.dumps({"livekit_host_firewall_extra_rules": [
         {"proto": "tcp", "port": "9100", "sources": ["192.0.2.7/32"], "comment": "lkt-probe"}]})
-    changed = run_playbook("site.yml", "--limit", node.name, "-e", extra, timeout=600)
+    changed = run_playbook("site.yml", "--limit", limit, "-e", extra, timeout=600)
     assert changed.returncode == 0, changed.stdout[-3000:]
-    rules = ruleset(node)
-    assert 'ip saddr 192.0.2.7 tcp dport 9100 accept comment "lkt-probe"' in rules, rules
-    assert 'comment "foreign-rule"' in rules, f"the other table lost its rule:\n{rules}"
+    for node in foreign_tables:
+        rules = ruleset(node)
+        assert 'ip saddr 192.0.2.7 tcp dport 9100 accept comment "lkt-probe"' in rules, (node.name, rules)
+        assert 'comment "foreign-rule"' in rules, f"{node.name}: the other table lost its rule:\n{rules}"
 
-    back = run_playbook("site.yml", "--limit", node.name, timeout=600)
+    back = run_playbook("site.yml", "--limit", limit, timeout=600)
     assert back.returncode == 0, back.stdout[-3000:]
-    rules = ruleset(node)
-    assert "lkt-probe" not in rules, rules
-    assert 'comment "foreign-rule"' in rules, f"the other table lost its rule:\n{rules}"
-    assert 'comment "ssh"' in rules and "policy drop" in rules, rules
+    for node in foreign_tables:
+        rules = ruleset(node)
+        assert "lkt-probe" not in rules, (node.name, rules)
+        assert 'comment "foreign-rule"' in rules, f"{node.name}: the other table lost its rule:\n{rules}"
+        assert 'comment "ssh"' in rules and "policy drop" in rules, (node.name, rules)
 
 
 @pytest.mark.parametrize("action", ["reload", "restart"])

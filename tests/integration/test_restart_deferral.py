@@ -1,4 +1,6 @@
-"""A configuration change never restarts a server that carries a call; it waits for a quiet node."""
+"""A configuration change never restarts a server that carries a call; it waits for a quiet node.
+
+Both hosts of the scenario (Debian 12 and 13) in each playbook run, as a user converges them."""
 
 from __future__ import annotations
 
@@ -11,11 +13,7 @@ import uuid
 
 import pytest
 
-from conftest import PARTICIPANT, Node, make_token, run_playbook, run_playbook_watched, twirp
-
-
-def site(node: Node, *extra: str) -> subprocess.CompletedProcess:
-    return run_playbook("site.yml", "--limit", node.name, *extra, timeout=600)
+from conftest import PARTICIPANT, Node, load_nodes, make_token, run_playbook, run_playbook_watched, twirp
 
 
 def main_pid(node: Node) -> str:
@@ -32,49 +30,64 @@ def participants(node: Node, key: str, secret: str) -> int:
     return sum(int(room.get("num_participants", 0)) for room in body.get("rooms", []))
 
 
+@pytest.fixture(scope="module")
+def nodes(request) -> list[Node]:
+    """Every host of the scenario (Debian 12 and 13): one site.yml run converges them side by side."""
+    return load_nodes(request.config.getoption("--hosts-dir"))
+
+
 @pytest.fixture
-def live_call(node: Node, api_key: str, api_secret: str):
-    """A real participant publishing in a room on the node for up to 120 s."""
+def live_calls(nodes: list[Node], api_key: str, api_secret: str):
+    """A real participant publishing in a room on each node for up to 120 s."""
     env = dict(os.environ, LIVEKIT_API_KEY=api_key, LIVEKIT_API_SECRET=api_secret)
-    proc = subprocess.Popen(
-        [sys.executable, str(PARTICIPANT), "--url", node.ws, "--room", f"call-{uuid.uuid4().hex[:6]}",
-         "--timeout", "150", "stay", "--identity", "caller", "--seconds", "120", "--publish"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
-    )
-    first = json.loads(proc.stdout.readline())
-    assert first.get("event") == "connected", first
-    yield proc
-    proc.kill()
-    proc.wait(timeout=10)
+    procs = {}
+    try:
+        for node in nodes:
+            procs[node.name] = subprocess.Popen(
+                [sys.executable, str(PARTICIPANT), "--url", node.ws, "--room", f"call-{uuid.uuid4().hex[:6]}",
+                 "--timeout", "150", "stay", "--identity", "caller", "--seconds", "120", "--publish"],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+            )
+            first = json.loads(procs[node.name].stdout.readline())
+            assert first.get("event") == "connected", (node.name, first)
+        yield procs
+    finally:
+        for proc in procs.values():
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 def test_change_waits_while_a_call_is_live_then_applies_when_idle(
-    node: Node, api_key: str, api_secret: str, live_call: subprocess.Popen
+    nodes: list[Node], api_key: str, api_secret: str, live_calls: dict[str, subprocess.Popen]
 ) -> None:
-    pid_before = main_pid(node)
-    busy = site(node, "-e", "livekit_server_logging_level=debug")
+    limit = ",".join(node.name for node in nodes)
+    pids_before = {node.name: main_pid(node) for node in nodes}
+    busy = run_playbook("site.yml", "--limit", limit, "-e", "livekit_server_logging_level=debug", timeout=600)
     assert busy.returncode == 0, busy.stdout[-3000:]
-    assert f"livekit-server on {node.name} keeps running its previous configuration" in busy.stdout
-    assert main_pid(node) == pid_before
-    assert marker_exists(node)
+    for node in nodes:
+        assert f"livekit-server on {node.name} keeps running its previous configuration" in busy.stdout, node.name
+        assert main_pid(node) == pids_before[node.name], node.name
+        assert marker_exists(node), node.name
 
-    # The caller hangs up: its session ended cleanly, never cut by the converge above.
-    live_call.terminate()
-    summary = json.loads(live_call.communicate(timeout=30)[0].strip().splitlines()[-1])
-    assert summary["summary"] and summary["disconnected"] is False, summary
+    # The callers hang up: their sessions ended cleanly, never cut by the converge above.
+    for name, call in live_calls.items():
+        call.terminate()
+        summary = json.loads(call.communicate(timeout=30)[0].strip().splitlines()[-1])
+        assert summary["summary"] and summary["disconnected"] is False, (name, summary)
     deadline = time.monotonic() + 30
-    while participants(node, api_key, api_secret) and time.monotonic() < deadline:
+    while any(participants(node, api_key, api_secret) for node in nodes) and time.monotonic() < deadline:
         time.sleep(1)
 
-    # A site.yml run that restarts the node, with -vvv --diff and every command line sampled.
-    quiet = run_playbook_watched("site.yml", "--limit", node.name, "-e", "livekit_server_logging_level=debug",
-                                 nodes=[node], timeout=600)
+    # A site.yml run that restarts the nodes, with -vvv --diff and every command line sampled.
+    quiet = run_playbook_watched("site.yml", "--limit", limit, "-e", "livekit_server_logging_level=debug",
+                                 nodes=nodes, timeout=600)
     assert quiet.returncode == 0, quiet.stdout[-3000:]
-    assert main_pid(node) != pid_before
-    assert not marker_exists(node)
-    assert '"level":"debug"' in node.sh("journalctl -u livekit-server -n 200 --no-pager -o cat").stdout
+    for node in nodes:
+        assert main_pid(node) != pids_before[node.name], node.name
+        assert not marker_exists(node), node.name
+        assert '"level":"debug"' in node.sh("journalctl -u livekit-server -n 200 --no-pager -o cat").stdout, node.name
 
-    # Back to the scenario's settings (idle node: restarts at once).
-    restore = site(node)
+    # Back to the scenario's settings (idle nodes: they restart at once).
+    restore = run_playbook("site.yml", "--limit", limit, timeout=600)
     assert restore.returncode == 0, restore.stdout[-3000:]
-    assert not marker_exists(node)
+    assert not any(marker_exists(node) for node in nodes)

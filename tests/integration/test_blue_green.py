@@ -34,8 +34,8 @@ import uuid
 import pytest
 import yaml
 
-from conftest import (read_vault_keys, PARTICIPANT, REPO, Node, Participant, load_nodes, make_token, playbook_command, private_hosts,
-                      run_playbook, wait_until)
+from conftest import (PARTICIPANT, REPO, Node, Participant, load_nodes, make_token, playbook_command, private_hosts,
+                      read_vault_keys, run_playbook, wait_until)
 from turn_client import allocate_over_tls, livekit_credentials
 
 DOMAIN, TURN_DOMAIN = "lk.bg.test", "turn.bg.test"  # molecule/bluegreen/group_vars/all/zz-bluegreen.yml

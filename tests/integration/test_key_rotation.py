@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from conftest import read_vault_keys, ArgvSampler, Node, Participant, load_nodes, make_token, playbook_command, run_playbook, twirp, unit_state, wait_until
+from conftest import (ArgvSampler, Node, Participant, load_nodes, make_token, playbook_command, read_vault_keys, run_playbook,
+                      twirp, unit_state, wait_until)
 
 NODE = "lkt-bookworm"  # rotation is per node; one node keeps the scenario short
 STATE = pathlib.Path(os.environ["LKT_STATE_DIR"])
